@@ -1,0 +1,3 @@
+from timecycle.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""Arguments and set-up shared by several commands: encoder, device, DAVIS root."""
+
+from __future__ import annotations
+
+import argparse
+
+from timecycle.datasets.davis import DavisRoot
+from timecycle.encoder import ENCODERS, build_encoder
+from timecycle.errors import UserError
+
+
+def add_encoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", default="resnet18", choices=ENCODERS,
+                   help="identity and pixel are the no-learning baselines (default: resnet18)")
+    p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, or a timecycle run's last.pt")
+    p.add_argument("--head", choices=("auto", "yes", "no"), default="auto",
+                   help="TimeCycle 1x1 head on the encoder; auto: as the checkpoint has it")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed without --weights (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def add_davis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
+    p.add_argument("--sequences", help="a list file or comma-separated names (default ImageSets/<year>/val.txt)")
+    p.add_argument("--year", type=int, choices=(2016, 2017), default=2017,
+                   help="2017: palettised ids; 2016: binary 0/255 masks (default 2017)")
+    p.add_argument("--annotations", help="annotation folder overriding Annotations/480p")
+
+
+def davis_root(args: argparse.Namespace) -> DavisRoot:
+    return DavisRoot(args.root, year=args.year, annotations=args.annotations)
+
+
+def load_encoder(args: argparse.Namespace):
+    """(encoder module or None for identity, provenance dict) from the encoder arguments."""
+    info: dict = {"encoder": args.encoder, "seed": args.seed, "weights": None}
+    if args.encoder in ("identity", "pixel"):
+        if args.weights:
+            raise UserError(f"--weights does not apply to the {args.encoder} baseline")
+        return build_encoder(args.encoder), info
+    from timecycle.encoder.weights import checkpoint_has_head, load_weights
+
+    head = args.head == "yes"
+    if args.head == "auto" and args.weights:
+        head = checkpoint_has_head(args.weights)
+    encoder = build_encoder(args.encoder, head=head, seed=args.seed)
+    info["head"] = head
+    if args.weights:
+        loaded = load_weights(encoder, args.weights)
+        info["weights"] = {"path": str(args.weights), "sha256": loaded.sha256, "format": loaded.format}
+    return encoder, info

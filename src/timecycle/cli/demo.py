@@ -1,0 +1,5 @@
+"""`timecycle demo`."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""`timecycle train`."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,114 @@
+"""A resumable index stream and the training DataLoader (SPEC 5).
+
+`ClipDataset` is index-deterministic (sample i depends on (seed, i) only), so the whole state
+of the data pipeline is one integer: the global index of the next sample. Rank r of a
+world_size-process run reads start + r, start + r + world_size, ...; together the ranks read
+start, start + 1, ... exactly once, whatever world_size is.
+
+Resuming: the DataLoader prefetches, so the sampler cannot know how many samples were
+*consumed*. The engine does: after `steps` optimiser steps since `start`, the next global index
+is start + steps * batch_size * world_size; store that and `set_start` it on resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class ResumableSampler(Sampler[int]):
+    """Yields global sample indices start + rank, start + rank + world_size, ...
+
+    total: stop before this global index (None: an endless stream, and len() is undefined).
+    """
+
+    def __init__(self, start: int = 0, rank: int = 0, world_size: int = 1,
+                 total: int | None = None):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank ({rank}) < world_size ({world_size})")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.start, self.rank, self.world_size, self.total = int(start), rank, world_size, total
+
+    def set_start(self, n: int) -> None:
+        """Next iteration starts at global sample index n (takes effect on the next iter())."""
+        if n < 0:
+            raise ValueError(f"start must be >= 0, got {n}")
+        self.start = int(n)
+
+    def __iter__(self) -> Iterator[int]:
+        i = self.start + self.rank
+        while self.total is None or i < self.total:
+            yield i
+            i += self.world_size
+
+    def __len__(self) -> int:
+        if self.total is None:
+            raise TypeError("an endless ResumableSampler (total=None) has no length")
+        first = self.start + self.rank
+        return max(0, -(-(self.total - first) // self.world_size))
+
+    def state_dict(self) -> dict:
+        """{"start": global index}: rank and world size are not state (a resume may change
+        them; the stream is the same)."""
+        return {"start": self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_start(int(state["start"]))
+
+
+def seed_worker(seed: int, rank: int, worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed torch, numpy and random from (seed, rank, worker_id).
+
+    ClipDataset does not use these generators (its samples are seeded by index); this is for
+    anything else a worker runs. Also keeps OpenCV single-threaded: workers are the parallelism.
+    """
+    state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    random.seed(int(state[1]))
+    cv2.setNumThreads(1)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    start_index: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool | None = None,
+    total: int | None = None,
+    prefetch_factor: int = 4,
+) -> DataLoader:
+    """A DataLoader over `dataset` reading global indices from `start_index` on (this rank's
+    share), in batches of `batch_size` per rank.
+
+    Workers persist across iterations and prefetch `prefetch_factor` batches each; memory is
+    pinned when CUDA is available (pin_memory=None). The sampler is `loader.sampler`
+    (a ResumableSampler). Batches are incomplete only at the end of a finite `total`; the last
+    one is dropped so every batch has `batch_size` samples.
+    """
+    sampler = ResumableSampler(start_index, rank, world_size, total)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    extra = {}
+    if workers > 0:
+        extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        worker_init_fn=functools.partial(seed_worker, seed, rank),
+        **extra,
+    )

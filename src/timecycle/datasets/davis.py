@@ -1,0 +1,136 @@
+"""The DAVIS folder layout: `JPEGImages/480p/<seq>/%05d.jpg`, `Annotations/480p/<seq>/%05d.png`,
+`ImageSets/<year>/val.txt` (SPEC 7).
+
+DAVIS-2017 masks are palettised with the object id as pixel value (255 is void). DAVIS-2016
+masks are binary: 0 background, 255 the one object (not void).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from timecycle.datasets.io import IMAGE_SUFFIXES, read_frame, read_mask
+from timecycle.errors import UserError
+
+VOID = 255  # DAVIS-2017: void pixels, treated as background by the evaluation (SPEC 7)
+
+
+@dataclass(frozen=True)
+class DavisSequence:
+    name: str
+    frames: tuple[Path, ...]
+    annotation_dir: Path
+    binary_255: bool
+
+    def annotation_path(self, frame: Path) -> Path:
+        return self.annotation_dir / f"{frame.stem}.png"
+
+    def annotated(self) -> list[Path]:
+        """Annotation files that exist, in frame order (DAVIS annotates every frame)."""
+        return [p for p in map(self.annotation_path, self.frames) if p.is_file()]
+
+    def read_annotation(self, path: Path) -> np.ndarray:
+        """(H, W) uint8 ids; 2016 masks come back as 0/1."""
+        return read_mask(path, binary_255=self.binary_255)
+
+    def first_label(self) -> tuple[np.ndarray, int]:
+        """Frame 0's id map with void set to background, and the number of objects.
+
+        The objects are the ids 1..max id of the first frame's annotation (SPEC 7).
+        """
+        path = self.annotation_path(self.frames[0])
+        ids = self.read_annotation(path).copy()
+        ids[ids == VOID] = 0
+        n_objects = int(ids.max())
+        if n_objects == 0:
+            raise UserError("the first-frame mask is empty: there is no object to propagate", path)
+        frame_hw = frame_size(self.frames[0])
+        if ids.shape != frame_hw:
+            raise UserError(
+                f"mask is {ids.shape[1]}x{ids.shape[0]} but the frame is "
+                f"{frame_hw[1]}x{frame_hw[0]}",
+                path,
+            )
+        return ids, n_objects
+
+
+def frame_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image, read from its header where possible."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except (OSError, SyntaxError) as err:
+        raise UserError(f"cannot read image ({err})", path) from None
+
+
+class DavisRoot:
+    """A DAVIS root folder.
+
+    Args:
+        root: the folder holding JPEGImages/, Annotations/ and ImageSets/.
+        year: 2017 (palettised ids) or 2016 (binary 0/255 masks).
+        annotations: an annotation folder overriding `Annotations/<resolution>`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        year: int = 2017,
+        annotations: str | Path | None = None,
+        resolution: str = "480p",
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError("DAVIS root folder not found", self.root)
+        if year not in (2016, 2017):
+            raise UserError(f"unknown DAVIS year {year}; choose 2016 or 2017")
+        self.year = year
+        self.images = self.root / "JPEGImages" / resolution
+        if not self.images.is_dir():
+            raise UserError("no JPEGImages folder: not a DAVIS root", self.images)
+        self.annotations = Path(annotations) if annotations else self.root / "Annotations" / resolution
+
+    def sequence_names(self, spec: str | Path | None = None) -> list[str]:
+        """Names from a list file, a comma-separated string, or ImageSets/<year>/val.txt.
+
+        Every requested sequence must have frames on disk: a missing one is an error that
+        lists all the missing ones, since a silently partial result is not comparable.
+        """
+        if spec is None:
+            listing = self.root / "ImageSets" / str(self.year) / "val.txt"
+            if not listing.is_file():
+                raise UserError("no default sequence list; pass --sequences", listing)
+            names = _read_list(listing)
+        elif Path(spec).is_file():
+            names = _read_list(Path(spec))
+        else:
+            names = [s.strip() for s in str(spec).split(",") if s.strip()]
+        if not names:
+            raise UserError(f"no sequences given ({spec})")
+        missing = [n for n in names if not (self.images / n).is_dir()]
+        if missing:
+            raise UserError(
+                f"{len(missing)} of {len(names)} requested sequences have no frames in "
+                f"{self.images}: {', '.join(missing)}"
+            )
+        return names
+
+    def sequence(self, name: str) -> DavisSequence:
+        folder = self.images / name
+        frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        if not frames:
+            raise UserError("sequence folder holds no frames", folder)
+        return DavisSequence(name, frames, self.annotations / name, binary_255=self.year == 2016)
+
+
+def _read_list(path: Path) -> list[str]:
+    # Lines may be "<seq>" or, in some lists, "<seq> <something>"; the first field is the name.
+    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+
+
+__all__ = ["DavisRoot", "DavisSequence", "VOID", "frame_size", "read_frame"]

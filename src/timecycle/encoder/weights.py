@@ -1,0 +1,369 @@
+"""Load trained weights into a `ResNetEncoder` from the checkpoints users bring (SPEC 2).
+
+Four layouts are recognised from their keys (a DataParallel `module.` prefix is dropped first):
+
+- "native": this library's own files. A bare `ResNetEncoder.state_dict()` (`stem.0.weight`,
+  `layer1.*`, `head.conv.weight`) or a training checkpoint `{'model': ..., 'step', 'config'}`
+  whose model holds the encoder under `encoder.`.
+- "torchvision": a torchvision ResNet state dict (`conv1`, `bn1`, `layer1..4`, `fc`).
+- "crw": a videowalk checkpoint `{'model', 'optimizer', 'lr_scheduler', 'epoch', 'args'}`
+  (ajabri/videowalk code/train.py); the ResNet sits under `encoder.model.` because the CRW
+  model wraps it in `From3D` (code/utils/__init__.py); `selfsim_fc.*` is ignored.
+- "timecycle-official": `{'state_dict', 'epoch'}` saved from a DataParallel model
+  (xiaolonw/TimeCycle train_video_cycle_simple.py): the inflated 3-D ResNet-50 under
+  `module.encoderVideo.` with 5-D convolutions of time size 1 (models/videos/inflated_resnet.py)
+  and the head `module.afterconv1.weight` (512, 1024, 1, 1, 1) (models/videos/model_simple.py).
+
+layer4 and fc are ignored everywhere: the encoder stops after layer3. Every other key under the
+encoder's prefix must match the encoder exactly (names and shapes); BatchNorm
+`num_batches_tracked` may be absent (files saved before PyTorch 0.4.1 have none).
+
+Checkpoints are untrusted: files are unpickled with `weights_only=True`, which builds only
+tensors and plain containers; `argparse.Namespace` is the one extra type allowed, because CRW
+stores its command-line arguments in the checkpoint. Anything else is refused, never loaded
+with unrestricted unpickling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from timecycle.encoder.resnet import ResNetEncoder
+from timecycle.errors import UserError
+
+FORMATS = ("native", "torchvision", "crw", "timecycle-official")
+
+# Extra types a weights-only load may build, beyond torch's defaults (tensors, dicts, lists,
+# OrderedDict, Counter, ...). CRW: 'args': argparse.Namespace (videowalk code/train.py).
+_SAFE_GLOBALS = [argparse.Namespace]
+
+# Keys of the encoder's own checkpoints for the TimeCycle head.
+_HEAD_KEY = "head.conv.weight"
+
+_SHOW = 3  # keys listed per kind of problem in an error message
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What `load_weights` loaded, for provenance (written beside every run)."""
+
+    path: Path
+    format: str  # one of FORMATS
+    sha256: str  # of the whole file
+    tensors: int  # tensors copied into the encoder
+    ignored: tuple[str, ...]  # keys of the file that were not used, as spelled in the file
+
+
+@dataclass(frozen=True)
+class _Layout:
+    format: str
+    root: str  # prefix of the encoder's keys (after `module.` is dropped)
+    marker: str  # a key under root that only this layout has
+    head: str | None = None  # key of the TimeCycle head when it lives outside root
+
+
+# Most specific first: "torchvision" (root "") would also match a bare state dict of other nets.
+_LAYOUTS = (
+    _Layout("native", "encoder.", "stem.1.weight"),
+    _Layout("native", "", "stem.1.weight"),
+    _Layout("crw", "encoder.model.", "bn1.weight"),
+    _Layout("timecycle-official", "encoderVideo.", "bn1.weight", head="afterconv1.weight"),
+    _Layout("torchvision", "", "bn1.weight"),
+)
+
+# torchvision stem names -> ResNetEncoder.stem = Sequential(conv1, bn1, relu, maxpool).
+_STEM = {"conv1.": "stem.0.", "bn1.": "stem.1."}
+# Parts of a ResNet the encoder does not have (SPEC 2: cut after layer3).
+_DROPPED = ("layer4.", "fc.")
+# CRW's scratch model padded with reflection; some of its checkpoints store the block convs as
+# Sequential(pad, conv), i.e. `conv1.1.weight` (videowalk code/test.py renames them back).
+_CRW_PADDED_CONV = re.compile(r"(conv[12])\.1\.weight$")
+
+# (Bottleneck blocks?, blocks in layer3) -> torchvision architecture, for error hints.
+_ARCH_BY_SHAPE = {
+    (False, 2): "resnet18",
+    (False, 6): "resnet34",
+    (True, 6): "resnet50",
+    (True, 23): "resnet101",
+    (True, 36): "resnet152",
+}
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (checkpoints can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk_size):
+                digest.update(block)
+    except OSError as err:
+        raise UserError(f"cannot read file ({err.strerror or err})", path) from None
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The object stored in a `.pt`/`.pth`/`.pth.tar` or `.safetensors` file, on the CPU.
+
+    Only tensors and plain containers are built (see the module docstring); a file that needs
+    anything else, or cannot be read, raises `UserError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("no such file" if not path.exists() else "not a file", path)
+    if _is_safetensors(path):
+        return _read_safetensors(path)
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load signals a damaged or foreign file with many types (UnpicklingError, RuntimeError
+    # from the zip reader, EOFError, KeyError, ValueError...): all of them are the file's fault.
+    except Exception as err:
+        raise UserError(_load_failure(err), path) from None
+
+
+def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = False) -> WeightsInfo:
+    """Copy the weights in `path` into `encoder` (in place); see the module docstring for layouts.
+
+    Args:
+        encoder: the encoder to fill; its architecture and head must match the file.
+        path: a checkpoint in one of FORMATS.
+        drop_head: allow a file with the TimeCycle head to load into an encoder without one
+            (the head is then ignored), e.g. to evaluate TimeCycle's layer3 features.
+
+    Raises:
+        UserError: unreadable or unsafe file, unrecognised layout, or keys / shapes that do not
+            fit the encoder (the message names the format and the first offending keys).
+    """
+    if not isinstance(encoder, ResNetEncoder):
+        raise TypeError(f"load_weights needs a ResNetEncoder, got {type(encoder).__name__}")
+    path = Path(path)
+    state, layout, original = _find_state_dict(read_checkpoint(path), path)
+    sha256 = file_sha256(path)
+
+    mapped, source, ignored = _map_keys(state, layout, original)
+    _check_fit(encoder, mapped, source, layout, path)  # first: a wrong architecture explains most
+    _resolve_head(encoder, mapped, source, ignored, layout, path, drop_head)
+
+    full = encoder.state_dict()
+    full.update(mapped)  # keeps the encoder's num_batches_tracked where the file has none
+    encoder.load_state_dict(full, strict=True)
+    return WeightsInfo(
+        path=path, format=layout.format, sha256=sha256, tensors=len(mapped), ignored=tuple(ignored)
+    )
+
+
+def _load_failure(err: Exception) -> str:
+    """One line for a failed weights-only load, without torch's advice to unpickle unsafely."""
+    text = str(err)
+    refused = re.search(r"GLOBAL (\S+)", text)
+    if refused:
+        return (
+            f"refused to load: the file asks to build or call `{refused.group(1)}`, which is not "
+            "a tensor or plain container; untrusted checkpoints are only read as weights"
+        )
+    unsupported = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if unsupported:
+        return (
+            f"refused to load: the file uses pickle features beyond tensors and plain containers "
+            f"({unsupported.group(1).strip()}); untrusted checkpoints are only read as weights"
+        )
+    reason = text.strip().split("\n")[0][:200]
+    return (
+        "cannot read as a PyTorch checkpoint (not one, or truncated): "
+        f"{type(err).__name__}{': ' + reason if reason else ''}"
+    )
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By suffix, or by the header: 8-byte little-endian JSON length, then '{'."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as err:
+        raise UserError(f"cannot read file ({err.strerror or err})", path) from None
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (size,) = struct.unpack("<Q", head[:8])
+    return size < path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(
+            "is a .safetensors file, but the `safetensors` package is not installed "
+            "(pip install safetensors), or save the weights with torch.save",
+            path,
+        ) from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # SafetensorError and OSError both mean a bad file
+        raise UserError(f"cannot read as safetensors: {err}", path) from None
+
+
+def _find_state_dict(
+    obj: Any, path: Path
+) -> tuple[dict[str, torch.Tensor], _Layout, dict[str, str]]:
+    """The tensors of the state dict inside `obj`, its layout, and each key's original spelling.
+
+    Tries obj['state_dict'] (TimeCycle), obj['model'] (CRW, native) and obj itself (bare).
+    Returned keys have a leading DataParallel `module.` removed; the third value maps them back.
+    """
+    if not isinstance(obj, Mapping):
+        raise UserError(
+            f"holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary", path
+        )
+    candidates = [obj.get("state_dict"), obj.get("model"), obj]
+    for candidate in candidates:
+        if not isinstance(candidate, Mapping):
+            continue
+        state = {k: v for k, v in candidate.items() if isinstance(k, str)}
+        original = {k.removeprefix("module."): k for k in state}
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        for layout in _LAYOUTS:
+            if isinstance(state.get(layout.root + layout.marker), torch.Tensor):
+                return state, layout, original
+    keys = ", ".join(map(str, list(obj)[:8])) or "none"
+    raise UserError(
+        "not a recognised encoder checkpoint: no ResNet stem found (looked for "
+        "stem.* | encoder.stem.* (native), conv1/bn1 (torchvision), encoder.model.* (CRW), "
+        f"encoderVideo.* (TimeCycle official)); top-level keys: {keys}",
+        path,
+    )
+
+
+def _map_keys(
+    state: dict[str, Any], layout: _Layout, original: dict[str, str]
+) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """File keys -> ResNetEncoder keys, with 5-D time-size-1 convolutions squeezed.
+
+    Returns (mapped tensors, encoder key -> file key, ignored file keys).
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
+    ignored: list[str] = []
+    resnet_names = layout.format != "native"
+    for key, value in state.items():
+        if layout.head is not None and key == layout.head:
+            name = _HEAD_KEY
+        elif not key.startswith(layout.root) or not isinstance(value, torch.Tensor):
+            ignored.append(original[key])  # tracker, selfsim head, localiser, optimiser...
+            continue
+        else:
+            name = key[len(layout.root) :]
+            if resnet_names:
+                if name.startswith(_DROPPED):
+                    ignored.append(original[key])
+                    continue
+                for old, new in _STEM.items():
+                    if name.startswith(old):
+                        name = new + name[len(old) :]
+                if layout.format == "crw":
+                    name = _CRW_PADDED_CONV.sub(r"\1.weight", name)
+        if value.dim() == 5 and value.shape[2] == 1:
+            value = value.squeeze(2)  # inflated 3-D conv with time size 1 == the 2-D conv
+        mapped[name] = value
+        source[name] = original[key]
+    return mapped, source, ignored
+
+
+def _resolve_head(
+    encoder: ResNetEncoder,
+    mapped: dict[str, torch.Tensor],
+    source: dict[str, str],
+    ignored: list[str],
+    layout: _Layout,
+    path: Path,
+    drop_head: bool,
+) -> None:
+    """A head in the file and none in the encoder (or the reverse) is refused, by name; with
+    `drop_head` the file's head moves from `mapped` to `ignored` instead."""
+    file_head = _HEAD_KEY in mapped
+    if file_head and encoder.head is None:
+        if drop_head:
+            ignored.append(source.pop(_HEAD_KEY))
+            del mapped[_HEAD_KEY]
+            return
+        raise UserError(
+            f"{layout.format} checkpoint has the TimeCycle head ({source[_HEAD_KEY]}, "
+            f"{tuple(mapped[_HEAD_KEY].shape)}) but the encoder was built without one: build it "
+            "with head=True, or pass drop_head=True to use layer3 features",
+            path,
+        )
+    if encoder.head is not None and not file_head:
+        raise UserError(
+            f"{layout.format} checkpoint has no TimeCycle head (afterconv1 / head.conv) but the "
+            "encoder was built with one: build it with head=False",
+            path,
+        )
+
+
+def _check_fit(
+    encoder: ResNetEncoder,
+    mapped: dict[str, torch.Tensor],
+    source: dict[str, str],
+    layout: _Layout,
+    path: Path,
+) -> None:
+    """Strict check: every encoder key present (num_batches_tracked optional), no extra key,
+    every shape equal. Raises one UserError listing the first few of each problem.
+
+    A head present on one side only is left to `_resolve_head`, which says so in plain words.
+    """
+    expected = encoder.state_dict()
+    missing = [
+        k
+        for k in expected
+        if k not in mapped and not k.endswith(".num_batches_tracked") and k != _HEAD_KEY
+    ]
+    unexpected = [source[k] for k in mapped if k not in expected and k != _HEAD_KEY]
+    wrong = []
+    for k, v in mapped.items():
+        if k in expected and v.shape != expected[k].shape:
+            name = k if source[k] == k else f"{source[k]} -> {k}"
+            wrong.append(f"{name} {tuple(v.shape)} vs {tuple(expected[k].shape)}")
+    if not (missing or unexpected or wrong):
+        return
+    problems = []
+    for label, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("wrong shapes (file vs encoder)", wrong),
+    ):
+        if items:
+            more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
+    arch = _guess_arch(mapped)
+    hint = f"; the file holds a {arch}" if arch is not None and arch != encoder.arch else ""
+    raise UserError(
+        f"{layout.format} checkpoint does not fit the {encoder.arch} encoder{hint}: "
+        + "; ".join(problems),
+        path,
+    )
+
+
+def _guess_arch(mapped: Mapping[str, torch.Tensor]) -> str | None:
+    """torchvision architecture from block type and layer3 depth, or None if unknown."""
+    bottleneck = "layer1.0.conv3.weight" in mapped
+    blocks = {k.split(".")[1] for k in mapped if k.startswith("layer3.")}
+    return _ARCH_BY_SHAPE.get((bottleneck, len(blocks)))
+
+
+def checkpoint_has_head(path: str | Path) -> bool:
+    """Whether a checkpoint holds the TimeCycle head, so `--head auto` can build a matching encoder."""
+    path = Path(path)
+    state, layout, original = _find_state_dict(read_checkpoint(path), path)
+    mapped, _, _ = _map_keys(state, layout, original)
+    return _HEAD_KEY in mapped

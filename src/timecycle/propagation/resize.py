@@ -1,0 +1,118 @@
+"""Frame, label and output resizing for each protocol (SPEC 6, rows "frame size", "label
+downsampling" and "output").
+
+The public implementations resize with OpenCV or PIL; the PyTorch equivalents used here are:
+cv2 INTER_LINEAR = bilinear, align_corners=False, no antialiasing; cv2 INTER_NEAREST = torch
+"nearest" (floor of the scaled index); PIL NEAREST = torch "nearest-exact" (pixel centres).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from timecycle.propagation.protocols import Protocol
+
+
+def frame_size(protocol: Protocol, height: int, width: int) -> tuple[int, int]:
+    """The (H, W) at which a frame of size (height, width) is encoded under `protocol`."""
+    if protocol.frame_resize == "native":
+        return height, width
+    if protocol.frame_resize == "square":
+        return protocol.size, protocol.size
+    # DINO read_frame: the short side becomes `size`, the long side keeps the aspect and is
+    # floored to a multiple of `multiple`.
+    m, s = protocol.multiple, protocol.size
+    if height > width:
+        return int((s * height / width) // m * m), s
+    return s, int((s * width / height) // m * m)
+
+
+def resize_frames(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(T, 3, H, W) float -> (T, 3, *size), bilinear like cv2.resize (no antialiasing)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+
+
+def one_hot(ids: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(H, W) integer ids -> (K, H, W) float one-hot."""
+    return F.one_hot(ids.long(), n_classes).permute(2, 0, 1).float()
+
+
+def _nearest(x: torch.Tensor, size: tuple[int, int], exact: bool) -> torch.Tensor:
+    mode = "nearest-exact" if exact else "nearest"
+    return F.interpolate(x, size=size, mode=mode)
+
+
+def downsample_label(
+    ids: torch.Tensor, n_classes: int, feat_size: tuple[int, int], protocol: Protocol
+) -> torch.Tensor:
+    """First-frame id map (H, W) -> soft label (K, h, w) at feature resolution."""
+    if protocol.label_down == "nearest_onehot":
+        # DINO read_seg: PIL nearest resize of the id map to the feature size, then one-hot.
+        small = _nearest(ids[None, None].float(), feat_size, exact=True)[0, 0]
+        return one_hot(small, n_classes)
+    if protocol.label_canvas:
+        # TimeCycle: the mask is resized (nearest) with the frame to the square canvas first.
+        canvas = (protocol.label_canvas, protocol.label_canvas)
+        ids = _nearest(ids[None, None].float(), canvas, exact=False)[0, 0]
+    onehot = one_hot(ids, n_classes)[None]
+    return F.interpolate(onehot, size=feat_size, mode="bilinear", align_corners=False)[0]
+
+
+def minmax(label: torch.Tensor) -> torch.Tensor:
+    """Per-channel min-max normalisation over space of (K, h, w); constant channels are kept.
+
+    TimeCycle skips channels whose sum is 0, DINO those whose max is 0; a channel with a
+    positive but constant value would divide by zero in both, so it is left as it is here.
+    """
+    flat = label.flatten(1)
+    lo = flat.min(dim=1).values[:, None, None]
+    span = flat.max(dim=1).values[:, None, None] - lo
+    ok = span > 0
+    return torch.where(ok, (label - lo) / torch.where(ok, span, torch.ones_like(span)), label)
+
+
+def label_to_ids(
+    soft: torch.Tensor, protocol: Protocol, frame_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Soft label (K, h, w) -> hard id map (out_H, out_W) int64, as the protocol's output row.
+
+    `frame_hw` is the size at which the frame was encoded; `out_hw` the annotation size.
+    """
+    h, w = soft.shape[-2:]
+    if protocol.output_up == "frame":
+        up = frame_hw
+    elif protocol.output_up == "square":
+        up = (protocol.size, protocol.size)
+    else:  # "stride": DINO upsamples by the patch size (8)
+        up = (h * 8, w * 8)
+    x = F.interpolate(soft[None], size=up, mode="bilinear", align_corners=False)[0]
+    if protocol.output_minmax:
+        x = minmax(x)
+    ids = x.argmax(dim=0)
+    if tuple(up) != tuple(out_hw):
+        ids = _nearest(ids[None, None].float(), out_hw, exact=protocol.output_nearest == "exact")
+        ids = ids[0, 0].long()
+    return ids
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def feature_size(height: int, width: int, stride: int = 8) -> tuple[int, int]:
+    """Output size of a stride-8 ResNet (padded convolutions round up)."""
+    return ceil_div(height, stride), ceil_div(width, stride)
+
+
+__all__ = [
+    "downsample_label",
+    "feature_size",
+    "frame_size",
+    "label_to_ids",
+    "minmax",
+    "one_hot",
+    "resize_frames",
+]

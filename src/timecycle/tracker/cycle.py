@@ -1,0 +1,244 @@
+"""The TimeCycle model: encoder phi plus the differentiable tracker, run along cycles (SPEC 2-4).
+
+Per clip, with K past frames I_{t-K..t-1} and the target I_t whose patch is tracked:
+- direct steps: the patch localised in every past frame I_{t-i}, i = 1..K (one batched step).
+  They feed the similarity terms, and their crops start the skip cycles;
+- skip cycles: each direct crop localised back in I_t, compared with theta_gt;
+- long cycles, n = 1..K: backward patch -> I_{t-1} -> ... -> I_{t-n}, forward again to
+  I_{t-1}, then localised in I_t, compared with theta_gt.
+The backward chain is computed once: cycle n's backward half is the first n steps of cycle K's,
+and its first step is the direct step into I_{t-1}. The public code recomputes it per cycle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timecycle.encoder import build_encoder
+from timecycle.losses.config import LossConfig
+from timecycle.losses.similarity import feature_similarity_loss, inlier_count_loss
+from timecycle.losses.theta import GRID_SIZE, theta_grid_distance
+from timecycle.tracker.affinity import AFFINITY_SCALE, Affinity
+from timecycle.tracker.localizer import Localizer
+from timecycle.tracker.sampler import Sampler, scale_translation
+
+# SPEC 2: the encoder's output stride (a 240 frame gives 30 x 30 features, an 80 patch 10 x 10).
+STRIDE = 8
+
+
+class TimeCycle(nn.Module):
+    """Encoder phi and tracker T = (affinity, localizer g, sampler), trained on cycles.
+
+    Args:
+        encoder: (B, 3, S, S) -> (B, C, S/8, S/8) un-normalised (post-ReLU) features, e.g.
+            `ResNetEncoder(arch, head=True)`. Kept as the attribute `encoder` so that its
+            state-dict keys start with "encoder." (the checkpoint loader relies on it).
+        frame_size: S, side of the training frames (SPEC 5: 240).
+        patch_size: P, side of the target patch (SPEC 5: 80); theta's scale is P / S.
+        affinity_scale: multiplier of the cosine affinities (SPEC 3: sqrt(512)).
+        align_corners, translation_factor: sampler convention (see tracker/sampler.py).
+        theta_grid: points per side of the theta distance grid (SPEC 4: 20).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        frame_size: int = 240,
+        patch_size: int = 80,
+        affinity_scale: float = AFFINITY_SCALE,
+        align_corners: bool = False,
+        translation_factor: float = 1.0,
+        theta_grid: int = GRID_SIZE,
+    ):
+        super().__init__()
+        if frame_size % STRIDE or patch_size % STRIDE:
+            raise ValueError(
+                f"frame_size {frame_size} and patch_size {patch_size} must be multiples of {STRIDE}"
+            )
+        self.encoder = encoder
+        self.frame_size, self.patch_size, self.theta_grid = frame_size, patch_size, theta_grid
+        self.search_size = (frame_size // STRIDE,) * 2
+        self.query_size = (patch_size // STRIDE,) * 2
+        self.affinity = Affinity(affinity_scale)
+        self.localizer = Localizer(self.search_size, self.query_size, scale=patch_size / frame_size)
+        self.sampler = Sampler(self.query_size, align_corners, translation_factor)
+
+    @classmethod
+    def build(
+        cls,
+        arch: str,
+        config: LossConfig | None = None,
+        frame_size: int = 240,
+        patch_size: int = 80,
+        seed: int = 0,
+    ) -> TimeCycle:
+        """A randomly initialised model with the TimeCycle head and `config`'s tracker switches."""
+        config = config or LossConfig()
+        return cls(
+            build_encoder(arch, head=True, seed=seed),
+            frame_size=frame_size,
+            patch_size=patch_size,
+            align_corners=config.align_corners,
+            translation_factor=config.translation_factor,
+            theta_grid=config.theta_grid,
+        )
+
+    def set_encoder_trainable(self, trainable: bool) -> None:
+        """Freeze (False) or unfreeze the encoder's parameters, e.g. for the warm-up of SPEC 4.
+
+        Only requires_grad changes; BatchNorm still updates its running statistics in train
+        mode, so the engine may also call `model.encoder.eval()` while frozen.
+        """
+        for p in self.encoder.parameters():
+            p.requires_grad_(trainable)
+
+    def locate(
+        self, query: torch.Tensor, search: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Localise a query in a search map.
+
+        (N, C, h, w), (N, C, H, W), both unit over C -> theta (N, 2, 3), affinity (N, H*W, h*w).
+        """
+        aff = self.affinity(query, search)
+        return self.localizer(aff), aff
+
+    def track(
+        self, query: torch.Tensor, search: torch.Tensor, search_raw: torch.Tensor
+    ) -> torch.Tensor:
+        """One tracker step: localise, then crop there.
+
+        The crop samples the un-normalised search features `search_raw` (N, C, H, W) and is
+        normalised after sampling (SPEC 2-3): (N, C, h, w), unit over C, the next query.
+        """
+        theta, _ = self.locate(query, search)
+        return self.sampler(search_raw, theta)
+
+    def encode(
+        self, frames: torch.Tensor, patch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, 3, S, S), (B, 3, P, P) -> (B, T, C, S/8, S/8), (B, C, P/8, P/8), un-normalised.
+
+        All T frames of every clip go through the encoder in one call, so BatchNorm pools its
+        statistics over all frames of the clips (SPEC 2). The patch needs a second call: a
+        batch holds images of one size, and padding the patch to S x S would change its
+        features (the receptive fields and the BatchNorm statistics would see the padding), so
+        they would no longer be the features of the patch. The public code even uses three
+        calls (past frames, patch, target frame).
+        """
+        b, t = frames.shape[:2]
+        feats = self.encoder(frames.flatten(0, 1)).unflatten(0, (b, t))
+        patch_feats = self.encoder(patch)
+        if feats.shape[-2:] != self.search_size or patch_feats.shape[-2:] != self.query_size:
+            raise ValueError(
+                f"encoder gave {tuple(feats.shape[-2:])} and {tuple(patch_feats.shape[-2:])} "
+                f"features; expected {self.search_size} and {self.query_size} "
+                f"(frame {self.frame_size}, patch {self.patch_size})"
+            )
+        return feats, patch_feats
+
+    def forward(
+        self, frames: torch.Tensor, patch: torch.Tensor, theta_gt: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Run all cycles of a batch of clips.
+
+        Args:
+            frames: (B, K+1, 3, S, S), the K past frames (oldest first), then the target I_t.
+            patch: (B, 3, P, P), the patch cut out of I_t with theta_gt (`cut_patch`).
+            theta_gt: (B, 2, 3).
+
+        Returns a dict. Loss terms are (K,) tensors, each entry a batch mean, which
+        `timecycle.losses.total_loss` weights and sums or averages over the K steps:
+            "long": theta distance of the long cycle of length n = 1..K;
+            "skip": theta distance of the skip cycle through I_{t-i}, i = 1..K;
+            "sim_feature": negative feature similarity (mean over the h*w positions) of the
+                patch and its crop where the tracker localised it in I_{t-i};
+            "sim_inlier": negative weak inlier count of that same localisation.
+        Diagnostics, detached, (B, K, 2, 3): "theta_long" (final theta of each long cycle),
+        "theta_skip" and "theta_direct" (the patch localised in I_{t-i}).
+        """
+        b, k = frames.shape[0], frames.shape[1] - 1
+        if k < 1:
+            raise ValueError(f"need past frames and a target, got frames {tuple(frames.shape)}")
+        feats, patch_raw = self.encode(frames, patch)
+        units = F.normalize(feats, dim=2)
+        query = F.normalize(patch_raw, dim=1)
+        # Past frames most recent first, so that index i - 1 is I_{t-i}.
+        past_raw, past = feats[:, :k].flip(1), units[:, :k].flip(1)
+        target = units[:, k]
+
+        def per_step(x: torch.Tensor) -> torch.Tensor:
+            """Repeat (B, ...) over the K steps -> (B*K, ...), ordered (clip, step)."""
+            return x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)
+
+        # Direct steps, all past frames in one batched step.
+        theta_direct, aff_direct = self.locate(per_step(query), past.flatten(0, 1))
+        crop_direct = self.sampler(past_raw.flatten(0, 1), theta_direct)
+        sim_feature = feature_similarity_loss(per_step(query), crop_direct, reduction="none")
+        # The inlier mask follows the theta the sampler applies, translation factor included.
+        sampled = scale_translation(theta_direct, self.sampler.translation_factor)
+        sim_inlier = inlier_count_loss(
+            aff_direct,
+            sampled,
+            self.search_size,
+            self.query_size,
+            align_corners=self.sampler.align_corners,
+            reduction="none",
+        )
+
+        # Skip cycles: each direct crop back into I_t.
+        theta_skip, _ = self.locate(crop_direct, per_step(target))
+        skip = theta_grid_distance(theta_skip, per_step(theta_gt), self.theta_grid, "none")
+
+        theta_long = self._long_cycles(crop_direct.unflatten(0, (b, k)), past, past_raw, target)
+        theta_long = torch.cat([theta_skip.unflatten(0, (b, k))[:, :1], theta_long], dim=1)
+        long = theta_grid_distance(
+            theta_long.flatten(0, 1), per_step(theta_gt), self.theta_grid, "none"
+        )
+
+        def step_means(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, k).mean(dim=0)
+
+        return {
+            "long": step_means(long),
+            "skip": step_means(skip),
+            "sim_feature": step_means(sim_feature),
+            "sim_inlier": step_means(sim_inlier),
+            "theta_long": theta_long.detach(),
+            "theta_skip": theta_skip.detach().view(b, k, 2, 3),
+            "theta_direct": theta_direct.detach().view(b, k, 2, 3),
+        }
+
+    def _long_cycles(
+        self,
+        crop_direct: torch.Tensor,
+        past: torch.Tensor,
+        past_raw: torch.Tensor,
+        target: torch.Tensor,
+    ) -> torch.Tensor:
+        """Final thetas of the long cycles n = 2..K -> (B, K-1, 2, 3).
+
+        Cycle n = 1 (I_t -> I_{t-1} -> I_t) is exactly the skip cycle through I_{t-1}, so the
+        caller takes it from there.
+
+        Args:
+            crop_direct: (B, K, C, h, w) the patch's crops in I_{t-i}, unit over C.
+            past, past_raw: (B, K, C, H, W) unit and raw features of I_{t-i}, i = 1..K.
+            target: (B, C, H, W) unit features of I_t.
+        """
+        k = past.shape[1]
+        # Backward chain, once: back[n - 1] is the crop in I_{t-n}. Its first step is the
+        # direct step into I_{t-1}.
+        back = [crop_direct[:, 0]]
+        for i in range(1, k):
+            back.append(self.track(back[-1], past[:, i], past_raw[:, i]))
+        thetas = []
+        for n in range(2, k + 1):
+            crop = back[n - 1]
+            for i in range(n - 2, -1, -1):  # forward again through I_{t-n+1}, ..., I_{t-1}
+                crop = self.track(crop, past[:, i], past_raw[:, i])
+            thetas.append(self.locate(crop, target)[0])
+        if not thetas:
+            return target.new_zeros(target.shape[0], 0, 2, 3)
+        return torch.stack(thetas, dim=1)
