@@ -13,11 +13,17 @@ import torch.nn.functional as F
 
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import minmax
-from timecycle.propagation.windows import WindowGeometry, make_geometry, tile_queries, untile
+from timecycle.propagation.windows import (
+    WindowGeometry,
+    make_geometry,
+    pad_with_bias,
+    tile_queries,
+    to_strips,
+    untile,
+)
 
-# Working-set budget for one chunk of query tiles (keys + labels + affinities), in bytes. The
-# products stay large enough for BLAS while the transient memory stays far below a frame's
-# full affinity.
+# Transient working set of the unrestricted products, in bytes: large enough for efficient
+# matrix products, far below a frame's full affinity to all its context.
 CHUNK_BYTES = 96 * 2**20
 
 
@@ -35,31 +41,29 @@ class LabelPropagator:
         self.p = protocol
         c, h, w = feat0.shape
         k = label0.shape[0]
-        self.shape = (h, w)
         feat0 = F.normalize(feat0.float(), dim=0)
         label0 = label0.float()
-        restricted = protocol.restrict != "none"
         self.geo: WindowGeometry | None = None
-        pad = (0, 0, 0, 0)
-        if restricted:
+        if protocol.restrict != "none":
             self.geo = make_geometry(h, w, protocol.radius, protocol.restrict, tile, feat0.device)
-            pad = self.geo.pad()
-        # Slot 0 holds frame 0 when it is read like the other context frames; otherwise frame 0
-        # is kept apart, unrestricted (CRW's "long memory").
-        self.first_apart = restricted and not protocol.restrict_first
-        self.feat0, self.label0 = feat0.flatten(1), label0.flatten(1)  # (C, hw), (K, hw)
-        n0 = 0 if self.first_apart else 1
-        slots = n0 + protocol.n_context
-        hp, wp = h + pad[2] + pad[3], w + pad[0] + pad[1]
-        self.pad = pad
-        # Channels-last (slots, Hp, Wp, C): a window of a context frame is then a few long
-        # contiguous runs, so gathering it for the matrix product is a cheap copy.
-        self.feats = feat0.new_zeros(slots, hp, wp, c)
-        self.labels = label0.new_zeros(slots, hp, wp, k)
-        self.n0 = n0
-        self.count = 0  # previous frames stored so far (capped at n_context)
+        # CRW reads frame 0 without restriction (its "long memory"): it is kept apart, flat.
+        # Otherwise frame 0 sits in slot 0 and is read like the other context frames.
+        self.first_apart = self.geo is not None and not protocol.restrict_first
+        self.feat0 = feat0.flatten(1)  # (C, hw)
+        self.label0 = label0.flatten(1).T.contiguous()  # (hw, K)
+        self.n0 = 0 if self.first_apart else 1
+        slots = self.n0 + protocol.n_context
+        if self.geo is None:
+            self.feats = feat0.new_zeros(slots, c, h, w)
+            self.labels = label0.new_zeros(slots, k, h, w)
+        else:
+            g = self.geo
+            hp = g.n_ty * g.tile + 2 * g.half
+            self.feats = feat0.new_zeros(slots, g.n_tx, hp, g.win, c + 1)
+            self.labels = label0.new_zeros(slots, g.n_tx, hp, g.win, k)
+        self.count = 0  # previous frames stored so far (at most n_context)
         self.next_slot = 0
-        if n0:
+        if self.n0:
             self._write(0, feat0, label0)
         if protocol.pad_context:
             # Before n_context frames exist, the missing previous frames are copies of frame 0.
@@ -67,8 +71,11 @@ class LabelPropagator:
                 self._push(feat0, label0)
 
     def _write(self, slot: int, feat: torch.Tensor, label: torch.Tensor) -> None:
-        self.feats[slot] = F.pad(feat, self.pad).permute(1, 2, 0)
-        self.labels[slot] = F.pad(label, self.pad).permute(1, 2, 0)
+        if self.geo is None:
+            self.feats[slot], self.labels[slot] = feat, label
+            return
+        self.feats[slot] = to_strips(pad_with_bias(feat, self.geo), self.geo)
+        self.labels[slot] = to_strips(F.pad(label, self.geo.pad()), self.geo)
 
     def _push(self, feat: torch.Tensor, label: torch.Tensor) -> None:
         self._write(self.n0 + self.next_slot, feat, label)
@@ -80,18 +87,17 @@ class LabelPropagator:
         """(C, h, w) features of the next frame -> (K, h, w) soft label (then stored)."""
         feat = F.normalize(feat.float(), dim=0)
         n = self.n0 + self.count
-        feats = self.feats[:n].permute(0, 3, 1, 2)  # (F, C, Hp, Wp) views
-        labels = self.labels[:n].permute(0, 3, 1, 2)
-        if self.p.weighting == "per_frame_topk":
-            pred = per_frame_topk(feat, feats, labels, self.p.topk, self.p.temperature)
+        p = self.p
+        if p.weighting == "per_frame_topk":
+            pred = per_frame_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
         elif self.geo is None:
-            pred = dense_joint_topk(feat, feats, labels, self.p.topk, self.p.temperature)
+            pred = dense_joint_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
         else:
             first = (self.feat0, self.label0) if self.first_apart else None
             pred = windowed_joint_topk(
-                feat, feats, labels, self.geo, self.p.topk, self.p.temperature, first
+                feat, self.feats[:n], self.labels[:n], self.geo, p.topk, p.temperature, first
             )
-        stored = minmax(pred) if self.p.store == "minmax" else pred
+        stored = minmax(pred) if p.store == "minmax" else pred
         self._push(feat, stored)
         return pred
 
@@ -99,25 +105,25 @@ class LabelPropagator:
 def per_frame_topk(
     q: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, k: int, temperature: float
 ) -> torch.Tensor:
-    """TimeCycle weights: per context frame, softmax over its positions, keep the top-k raw
-    softmax values; sum over frames and divide by their number.
+    """TimeCycle weights: per context frame, a softmax over its positions; each frame's top-k
+    raw softmax values weight its labels; the frames' sums are averaged.
 
     q: (C, h, w); feats: (F, C, h, w); labels: (F, K, h, w) -> (K, h, w).
     """
     c, h, w = q.shape
     n, kk = feats.shape[0], labels.shape[1]
-    qf = q.reshape(c, h * w)
     keys = feats.reshape(n, c, h * w)
-    lab = labels.reshape(n, kk, h * w)
-    out = q.new_zeros(kk, h * w)
+    lab = labels.reshape(n, kk, h * w).transpose(1, 2)  # (F, N, K)
+    qf = q.reshape(c, h * w)
+    out = q.new_zeros(h * w, kk)
     step = max(1, CHUNK_BYTES // (4 * n * h * w))
+    frames = torch.arange(n, device=q.device)[:, None, None]
     for s in range(0, h * w, step):
         aff = torch.einsum("fcn,cq->fqn", keys, qf[:, s : s + step]) / temperature  # (F, q, N)
         weights, idx = aff.softmax(dim=-1).topk(k, dim=-1)  # (F, q, k)
-        gathered = torch.gather(lab[:, :, None, :].expand(n, kk, idx.shape[1], h * w), 3,
-                                idx[:, None].expand(n, kk, *idx.shape[1:]))  # (F, K, q, k)
-        out[:, s : s + step] = (gathered * weights[:, None]).sum(dim=(0, 3)) / n
-    return out.view(kk, h, w)
+        cand = lab[frames, idx]  # (F, q, k, K)
+        out[s : s + step] = (cand * weights[..., None]).sum(dim=(0, 2)) / n
+    return out.T.reshape(kk, h, w)
 
 
 def dense_joint_topk(
@@ -127,16 +133,15 @@ def dense_joint_topk(
     c, h, w = q.shape
     n, kk = feats.shape[0], labels.shape[1]
     keys = feats.permute(1, 0, 2, 3).reshape(c, n * h * w)
-    lab = labels.permute(1, 0, 2, 3).reshape(kk, n * h * w)
+    lab = labels.permute(0, 2, 3, 1).reshape(n * h * w, kk)
     qf = q.reshape(c, h * w)
-    out = q.new_zeros(kk, h * w)
+    out = q.new_zeros(h * w, kk)
     step = max(1, CHUNK_BYTES // (4 * n * h * w))
     for s in range(0, h * w, step):
-        aff = qf[:, s : s + step].T @ keys  # (q, F*N)
-        vals, idx = aff.topk(k, dim=-1)
+        vals, idx = (qf[:, s : s + step].T @ keys).topk(k, dim=-1)  # (q, k)
         weights = (vals / temperature).softmax(dim=-1)
-        out[:, s : s + step] = (lab[:, idx] * weights[None]).sum(-1)
-    return out.view(kk, h, w)
+        out[s : s + step] = (lab[idx] * weights[..., None]).sum(1)
+    return out.T.reshape(kk, h, w)
 
 
 def windowed_joint_topk(
@@ -148,56 +153,42 @@ def windowed_joint_topk(
     temperature: float,
     first: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Joint top-k over restricted windows of the context frames, plus an unrestricted frame.
+    """Joint top-k over the restricted windows of the context frames (and an unrestricted one).
 
-    q: (C, h, w) normalised query; feats: (F, C, Hp, Wp) and labels: (F, K, Hp, Wp) context
-    frames padded by `geo.pad()`, best as channels-last views; first: optional
-    ((C, h*w), (K, h*w)) frame read without restriction (CRW's frame 0). Returns (K, h, w).
+    q: (C, h, w) normalised query; feats: (F, n_tx, Hp, win, C+1) and labels:
+    (F, n_tx, Hp, win, K) context frames as strips (`to_strips`); first: optional
+    ((C, h*w), (h*w, K)) frame read without restriction (CRW's frame 0). Returns (K, h, w).
     """
-    c = q.shape[0]
-    n, kk = feats.shape[0], labels.shape[1]
-    t, win = geo.tile, geo.win
-    qt = tile_queries(q, geo)  # (nT, t*t, C)
-
-    def windows(x: torch.Tensor) -> torch.Tensor:
-        # (F, C, Hp, Wp) -> strided view (F, n_ty, n_tx, win, win, C) of every tile's window.
-        s = x.stride()
-        shape = (x.shape[0], geo.n_ty, geo.n_tx, win, win, x.shape[1])
-        return x.as_strided(shape, (s[0], t * s[2], t * s[3], s[2], s[3], s[1]))
-
-    kwin, lwin = windows(feats), windows(labels)
-    hw_first = 0 if first is None else first[0].shape[1]
-    per_tile = 4 * (n * (c + kk) * win * win + 2 * t * t * (n * win * win + hw_first))
-    tiles_per_chunk = max(1, CHUNK_BYTES // per_tile)
-    out = q.new_empty(kk, geo.n_tiles, t * t)
+    c, h, w = q.shape
+    n, n_tx, _, win, c1 = feats.shape
+    kk = labels.shape[-1]
+    t2 = geo.tile * geo.tile
+    allowed = geo.allowed  # (t*t, V)
+    v = allowed.shape[1]
+    qt = tile_queries(torch.cat([q, q.new_ones(1, h, w)]), geo)  # (n_ty, n_tx, t*t, C+1)
+    out = q.new_empty(geo.n_ty, n_tx, t2, kk)
+    buf = q.new_empty(n_tx, t2, n, v)
+    gather_idx = allowed[None].expand(n_tx, t2, v)
+    tx = torch.arange(n_tx, device=q.device)[:, None, None]
+    query = torch.arange(t2, device=q.device)[None, :, None]
     for ty in range(geo.n_ty):
-        for tx0 in range(0, geo.n_tx, tiles_per_chunk):
-            tx1 = min(tx0 + tiles_per_chunk, geo.n_tx)
-            nc = tx1 - tx0
-            ids = slice(ty * geo.n_tx + tx0, ty * geo.n_tx + tx1)
-            qc = qt[ids]  # (nc, t*t, C)
-            # (F, nc, win, win, C) -> (nc, F*win*win, C): the only copy of the keys.
-            keys = kwin[:, ty, tx0:tx1].transpose(0, 1).reshape(nc, n * win * win, c)
-            labs = lwin[:, ty, tx0:tx1].transpose(0, 1).reshape(nc, n * win * win, kk)
-            aff = torch.bmm(qc, keys.transpose(1, 2)).view(nc, t * t, n, win * win)
-            aff.masked_fill_(geo.outside[ids][:, :, None, :], float("-inf"))
-            vals, idx = aff.view(nc, t * t, -1).topk(k, dim=-1)  # (nc, t*t, k)
-            cand = _gather(labs, idx)  # (nc, t*t, k, K)
-            if first is not None:
-                f_vals, f_idx = (qc @ first[0]).topk(k, dim=-1)  # (nc, t*t, k)
-                f_cand = first[1].T[f_idx]  # (nc, t*t, k, K)
-                vals = torch.cat([f_vals, vals], dim=-1)
-                cand = torch.cat([f_cand, cand], dim=-2)
-                vals, sel = vals.topk(k, dim=-1)
-                cand = torch.gather(cand, 2, sel[..., None].expand(nc, t * t, k, kk))
-            weights = (vals / temperature).softmax(dim=-1)
-            out[:, ids] = (cand * weights[..., None]).sum(2).permute(2, 0, 1)
+        r0 = ty * geo.tile
+        # One tile row's keys and labels: consecutive rows of every strip, views (no copy).
+        keys = feats[:, :, r0 : r0 + win].reshape(n, n_tx, win * win, c1)
+        labs = labels[:, :, r0 : r0 + win].reshape(n, n_tx, win * win, kk)
+        qrow = qt[ty]  # (n_tx, t*t, C+1)
+        for f in range(n):
+            aff = torch.bmm(qrow, keys[f].transpose(1, 2))  # (n_tx, t*t, win*win)
+            buf[:, :, f] = torch.gather(aff, 2, gather_idx)  # the allowed keys only
+        vals, idx = buf.view(n_tx, t2, n * v).topk(k, dim=-1)  # (n_tx, t*t, k)
+        frame, pos = idx // v, allowed[query, idx % v]
+        cand = labs[frame, tx, pos]  # (n_tx, t*t, k, K)
+        if first is not None:
+            f_vals, f_idx = (qrow[..., :c] @ first[0]).topk(k, dim=-1)
+            vals = torch.cat([f_vals, vals], dim=-1)
+            cand = torch.cat([first[1][f_idx], cand], dim=2)
+            vals, sel = vals.topk(k, dim=-1)
+            cand = torch.gather(cand, 2, sel[..., None].expand(*sel.shape, kk))
+        weights = (vals / temperature).softmax(dim=-1)
+        out[ty] = (cand * weights[..., None]).sum(2)
     return untile(out, geo)
-
-
-def _gather(labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """labels (nc, N, K), idx (nc, Q, k) -> (nc, Q, k, K)."""
-    nc, _, kk = labels.shape
-    _, q, k = idx.shape
-    flat = torch.gather(labels, 1, idx.reshape(nc, q * k, 1).expand(nc, q * k, kk))
-    return flat.view(nc, q, k, kk)

@@ -2,12 +2,16 @@
 
 A query position may only look at keys within a radius (a disk for CRW, a square for DINO) of
 its own position. Rather than computing the full (h*w) x (h*w) affinity and masking it, the
-query map is cut into tiles of t x t positions; each tile needs only the keys in its
-(t + 2r) x (t + 2r) neighbourhood, gathered with one `unfold`, and a dense matrix product per
-tile. The work per query is (t + 2r)^2 keys instead of h*w (for 480p DAVIS with t = 8 and
-r = 11: 900 instead of 6,420), and the small per-tile products keep BLAS efficient. A fixed
-mask then removes the keys of each tile's window that lie outside a query's own disk or
-square, or outside the frame.
+query map is cut into tiles of t x t positions; a tile needs only the keys in its
+(t + 2r) x (t + 2r) neighbourhood, and one dense product per tile computes them. The keys each
+query may see (its disk or square) are then gathered with a fixed index table, so the top-k
+runs over the allowed keys only.
+
+To make a tile's neighbourhood a contiguous matrix (no copy per target frame), every context
+frame is stored once, when it enters the context, as overlapping vertical strips: strip j
+holds columns [j t, j t + t + 2r) of the padded map, channels last. A tile's keys are then a
+run of consecutive rows of one strip. Keys outside the frame carry a large negative bias in an
+extra channel (the queries carry a 1 there), so they can never win a top-k place.
 """
 
 from __future__ import annotations
@@ -17,16 +21,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+# Affinity given to keys outside the frame: far below any cosine similarity, and still finite
+# so that a softmax over selected values never sees -inf - -inf.
+OUTSIDE = -1e4
+
 
 @dataclass(frozen=True)
 class WindowGeometry:
-    """Tiling of an (h, w) feature map for keys within `half` cells of each query.
+    """Tiling of an (h, w) feature map for keys near each query.
 
     Attributes:
-        h, w: feature map size. tile: query tile side t. half: window half-size r.
-        n_ty, n_tx: number of tiles down and across (the map is padded to whole tiles).
-        outside: (n_tiles, t*t, (t+2r)^2) bool, True where the key is outside the query's
-            window or outside the frame (those affinities are set to -inf).
+        h, w: feature map size. tile: query tile side t. half: window half-size r (the
+            largest offset along an axis). n_ty, n_tx: tiles down and across.
+        allowed: (t*t, V) long, for query (i, j) of a tile, the indices a*win + b in its
+            tile's window of the V keys it may see.
     """
 
     h: int
@@ -35,15 +43,11 @@ class WindowGeometry:
     half: int
     n_ty: int
     n_tx: int
-    outside: torch.Tensor
+    allowed: torch.Tensor
 
     @property
     def win(self) -> int:
         return self.tile + 2 * self.half
-
-    @property
-    def n_tiles(self) -> int:
-        return self.n_ty * self.n_tx
 
     def pad(self) -> tuple[int, int, int, int]:
         """F.pad amounts (left, right, top, bottom) that put every tile's window in range."""
@@ -54,52 +58,55 @@ class WindowGeometry:
 def make_geometry(
     h: int, w: int, radius: int, shape: str, tile: int = 8, device: torch.device | None = None
 ) -> WindowGeometry:
-    """Precompute the tiling and mask for a `shape` ("disk": distance < radius, as CRW's
-    MaskedAttention; "square": |dy|, |dx| <= radius, as DINO's restrict_neighborhood)."""
-    half = radius - 1 if shape == "disk" else radius
-    n_ty, n_tx = -(-h // tile), -(-w // tile)
-    win = tile + 2 * half
-    # Offset of key (a, b) in the window from query (i, j) in the tile: (a - half - i, b - half - j).
-    qi = torch.arange(tile, device=device)
-    ka = torch.arange(win, device=device)
-    dy = ka[None, :] - half - qi[:, None]  # (t, win)
-    dyy = dy[:, None, :, None]  # query row, key row
-    dxx = dy[None, :, None, :]  # query col, key col
+    """Tiling and allowed-key table for `shape` "disk" (distance < radius, CRW's
+    MaskedAttention) or "square" (|dy|, |dx| <= radius, DINO's restrict_neighborhood)."""
     if shape == "disk":
-        rel = dyy**2 + dxx**2 < radius**2
+        half = radius - 1 if radius > 0 else 0
+        d = torch.arange(-half, half + 1)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        keep = dy**2 + dx**2 < radius**2
     elif shape == "square":
-        rel = (dyy.abs() <= half) & (dxx.abs() <= half)
+        half = radius
+        d = torch.arange(-half, half + 1)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        keep = torch.ones_like(dy, dtype=torch.bool)
     else:
         raise ValueError(f"unknown window shape {shape!r}")
-    rel = rel.reshape(tile * tile, win * win)  # query i*t+j, key a*win+b
-    # Keys outside the frame: unfold a map of ones exactly as the features will be unfolded.
-    geo = WindowGeometry(h, w, tile, half, n_ty, n_tx, outside=rel)
-    inside = unfold_windows(torch.ones(1, 1, h, w, device=device), geo)[0, 0] > 0  # (nT, win^2)
-    # Query positions outside the frame (tile padding) keep their keys: their rows are dropped.
-    outside = ~(rel[None] & inside[:, None, :])
-    return WindowGeometry(h, w, tile, half, n_ty, n_tx, outside=outside)
+    dy, dx = dy[keep], dx[keep]  # (V,) offsets in row-major order
+    win = tile + 2 * half
+    i, j = torch.meshgrid(torch.arange(tile), torch.arange(tile), indexing="ij")
+    rows = i.reshape(-1, 1) + half + dy[None]  # (t*t, V)
+    cols = j.reshape(-1, 1) + half + dx[None]
+    allowed = (rows * win + cols).to(device)
+    return WindowGeometry(h, w, tile, half, -(-h // tile), -(-w // tile), allowed)
 
 
-def unfold_windows(x: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
-    """(F, C, h, w) -> (F, C, n_tiles, win*win): each tile's key window (zeros outside)."""
-    n, c = x.shape[:2]
-    x = F.pad(x, geo.pad())
-    cols = F.unfold(x, kernel_size=geo.win, stride=geo.tile)  # (F, C*win*win, n_tiles)
-    return cols.view(n, c, geo.win * geo.win, geo.n_tiles).transpose(2, 3)
+def to_strips(x: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
+    """(C, Hp, Wp) padded map -> (n_tx, Hp, win, C) overlapping column strips, channels last."""
+    c, hp, wp = x.shape
+    x = x.permute(1, 2, 0).contiguous()  # (Hp, Wp, C)
+    view = x.as_strided((geo.n_tx, hp, geo.win, c), (geo.tile * c, wp * c, c, 1))
+    return view.contiguous()
+
+
+def pad_with_bias(feat: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
+    """(C, h, w) -> (C + 1, Hp, Wp): zero-padded features plus a bias channel that is 0 inside
+    the frame and OUTSIDE in the padding."""
+    pad = geo.pad()
+    bias = F.pad(feat.new_zeros(1, *feat.shape[1:]), pad, value=OUTSIDE)
+    return torch.cat([F.pad(feat, pad), bias])
 
 
 def tile_queries(q: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
-    """(C, h, w) -> (n_tiles, t*t, C) query tiles (padding rows are zeros)."""
-    c = q.shape[0]
-    t = geo.tile
+    """(C, h, w) -> (n_ty, n_tx, t*t, C) query tiles (padding positions are zeros)."""
+    c, t = q.shape[0], geo.tile
     q = F.pad(q, (0, geo.n_tx * t - geo.w, 0, geo.n_ty * t - geo.h))
     q = q.view(c, geo.n_ty, t, geo.n_tx, t).permute(1, 3, 2, 4, 0)
-    return q.reshape(geo.n_tiles, t * t, c)
+    return q.reshape(geo.n_ty, geo.n_tx, t * t, c)
 
 
 def untile(x: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
-    """(K, n_tiles, t*t) -> (K, h, w), dropping the tile padding."""
-    k = x.shape[0]
-    t = geo.tile
-    x = x.view(k, geo.n_ty, geo.n_tx, t, t).permute(0, 1, 3, 2, 4)
+    """(n_ty, n_tx, t*t, K) -> (K, h, w), dropping the tile padding."""
+    t, k = geo.tile, x.shape[-1]
+    x = x.view(geo.n_ty, geo.n_tx, t, t, k).permute(4, 0, 2, 1, 3)
     return x.reshape(k, geo.n_ty * t, geo.n_tx * t)[:, : geo.h, : geo.w]

@@ -8,6 +8,10 @@ Per clip, with K past frames I_{t-K..t-1} and the target I_t whose patch is trac
   I_{t-1}, then localised in I_t, compared with theta_gt.
 The backward chain is computed once: cycle n's backward half is the first n steps of cycle K's,
 and its first step is the direct step into I_{t-1}. The public code recomputes it per cycle.
+
+Both similarity variants score the direct steps: the paper's L_sim^i compares the patch with
+the tracker's localisation of the patch in I_{t-i}, and the public code's inlier count scores
+the affinity and theta of that same step (model_simple.py: the patch against every past frame).
 """
 
 from __future__ import annotations
