@@ -49,6 +49,9 @@ class ClipConfig:
     decode_threads: int = 2  # PyAV threads per decode (x DataLoader workers: keep it small)
     max_attempts: int = 10  # draws per sample before giving up on unreadable videos
     epoch_size: int | None = None  # len(dataset); None = one clip per usable video
+    # Must equal the tracker's (LossConfig.align_corners): the patch is cut with the sampler's
+    # convention, so theta_gt means the same thing to both (tracker/sampler.py).
+    align_corners: bool = False
 
     def __post_init__(self):
         if not 0 < self.patch <= self.crop <= self.short_side:
@@ -116,11 +119,13 @@ def patch_theta(cx: float, cy: float, angle: float, patch: int, crop: int) -> to
     return torch.tensor([[c, -n, tx], [n, c, ty]], dtype=torch.float32)
 
 
-def cut_patch(frame: torch.Tensor, theta: torch.Tensor, patch: int) -> torch.Tensor:
+def cut_patch(frame: torch.Tensor, theta: torch.Tensor, patch: int,
+              align_corners: bool = False) -> torch.Tensor:
     """(3, H, W) frame, (2, 3) theta -> (3, P, P) bilinear patch (zeros outside the frame)."""
-    grid = F.affine_grid(theta[None], (1, frame.shape[0], patch, patch), align_corners=False)
+    grid = F.affine_grid(theta[None], (1, frame.shape[0], patch, patch),
+                         align_corners=align_corners)
     return F.grid_sample(frame[None], grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)[0]
+                         align_corners=align_corners)[0]
 
 
 class ClipDataset(Dataset):
@@ -229,7 +234,7 @@ class ClipDataset(Dataset):
         # The patch is sampled from the normalised target with the very op the tracker uses,
         # so theta_gt is exact by construction (zeros = the ImageNet mean outside the crop,
         # as in the public code, which sampled normalised frames too).
-        patch = cut_patch(frames[-1], theta, cfg.patch)
+        patch = cut_patch(frames[-1], theta, cfg.patch, cfg.align_corners)
         return {"frames": frames, "patch": patch, "theta_gt": theta}
 
     def _patch_centre(self, target: np.ndarray, later: np.ndarray,

@@ -55,7 +55,7 @@ def read_mask(path: str | Path, binary_255: bool = False) -> np.ndarray:
             "whose pixel values are object ids",
             path,
         )
-    mask = np.asarray(img.convert("L") if img.mode == "1" else img, dtype=np.uint8)
+    mask = np.array(img.convert("L") if img.mode == "1" else img, dtype=np.uint8)
     if binary_255:
         mask = (mask > 127).astype(np.uint8)
     return mask

@@ -1,0 +1,185 @@
+"""The training configuration: one typed dataclass, named presets, command-line overrides.
+
+Layers (STYLE 4): a preset (`full` = the paper, `small` = a CPU-sized run), then overrides
+(`make_config("small", steps=300)` or the `timecycle train` flags). The resolved config is
+written to RUN/config.json and stored in every checkpoint as a plain dict.
+
+Epochs: an epoch is `clips_per_video` clips of every usable video (the paper's VLOG epoch is
+one clip per clip of the corpus, SPEC 5, and `ClipDataset` draws the videos of each epoch as
+one permutation). `steps` overrides `epochs` when set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from timecycle.data.clips import ClipConfig
+from timecycle.errors import UserError
+from timecycle.losses import PRESETS as LOSS_PRESETS
+from timecycle.losses import LossConfig, preset
+
+ARCHS = ("resnet50", "resnet18")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the `full` preset (the paper)."""
+
+    data: list[str] = field(default_factory=list)  # --data folders: one index each, concatenated
+    out: str = "runs/timecycle"  # the run folder
+    preset: str = "full"  # the preset this config was layered on (a record, not a switch)
+
+    # Model and objective.
+    arch: str = "resnet50"  # SPEC 2: ResNet-50 up to layer3, stride 8, with the TimeCycle head
+    loss: str = "paper"  # timecycle.losses.PRESETS: `paper` or `code` (SPEC 4)
+
+    # Clips (SPEC 5); the rest of the geometry is ClipConfig's paper defaults.
+    short_side: int = 256  # SPEC 5: short side resized to 256
+    crop: int = 240  # SPEC 5: 240 x 240 crop -> 30 x 30 features
+    patch: int = 80  # SPEC 5: 80 x 80 patch -> 10 x 10 features
+    fps: float | None = 12.0  # SPEC 5: the paper sampled VLOG at 12 fps; None = native rate
+
+    # Optimisation (SPEC 5).
+    batch_size: int = 32  # SPEC 5: 32 (paper; the public code used 36), per process
+    lr: float = 2e-4  # SPEC 5: Adam, constant learning rate
+    betas: tuple[float, float] = (0.5, 0.999)  # SPEC 5
+    weight_decay: float = 0.0  # SPEC 5: none
+    grad_clip: float = 10.0  # SPEC 5: gradient norm clipped at 10
+    epochs: float = 30.0  # SPEC 5: 30 epochs
+    steps: int | None = None  # optimiser iterations; overrides epochs when set
+    clips_per_video: int = 1  # clips of each video per epoch (see the module docstring)
+    warmup_steps: int = 0  # SPEC 4: optional first steps with the encoder frozen (g trains)
+
+    # Engine.
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
+    channels_last: bool = True  # CUDA only: the faster convolution layout on tensor cores
+    workers: int = 8  # DataLoader processes (decoding is the CPU-heavy part)
+    seed: int = 0  # model initialisation and the clip stream
+    deterministic: bool = False  # deterministic kernels: same seed -> same parameters (CPU)
+    save_every: int = 1000  # steps between numbered checkpoints (and at the end)
+    keep_last: int = 3  # numbered checkpoints kept besides last.pt
+    log_every: int = 10  # steps per metrics.jsonl line
+    max_nonfinite: int = 20  # consecutive non-finite losses that stop the run
+    progress: bool = True  # tqdm bar
+    tensorboard: bool = True  # RUN/tb event files
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.data = [str(d) for d in self.data]
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown --arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if self.loss not in LOSS_PRESETS:
+            raise UserError(f"unknown --loss {self.loss!r}; choose from {', '.join(LOSS_PRESETS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
+        positive = ("batch_size", "save_every", "keep_last", "log_every", "max_nonfinite",
+                    "clips_per_video")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"steps must be >= 1, got {self.steps}")
+        if self.steps is None and not self.epochs > 0:
+            raise UserError(f"epochs must be > 0, got {self.epochs}")
+        if self.lr <= 0 or self.workers < 0 or self.warmup_steps < 0:
+            raise UserError("need lr > 0, workers >= 0 and warmup_steps >= 0")
+        for size in ("crop", "patch"):
+            if getattr(self, size) % 8:
+                raise UserError(f"{size} ({getattr(self, size)}) must be a multiple of 8 "
+                                "(the encoder's output stride)")
+        if self.patch < 56:
+            raise UserError(f"patch ({self.patch}) must be >= 56: the localizer needs "
+                            "7 x 7 feature cells")
+        if not self.patch <= self.crop <= self.short_side:
+            raise UserError(f"need patch ({self.patch}) <= crop ({self.crop}) "
+                            f"<= short_side ({self.short_side})")
+
+    def loss_config(self) -> LossConfig:
+        return preset(self.loss)
+
+    def clip_config(self) -> ClipConfig:
+        """Clip geometry; the patch is cut with the loss preset's align_corners (sampler.py)."""
+        return ClipConfig(short_side=self.short_side, crop=self.crop, patch=self.patch,
+                          fps=self.fps, align_corners=self.loss_config().align_corners)
+
+    def total_steps(self, n_videos: int, world_size: int = 1) -> int:
+        """`steps`, or the iterations that read `epochs` x n_videos x clips_per_video clips."""
+        if self.steps is not None:
+            return self.steps
+        clips = self.epochs * n_videos * self.clips_per_video
+        return max(1, math.ceil(clips / (self.batch_size * world_size)))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (also what a checkpoint stores)."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The paper (SPEC 2-5): about 107K iterations on VLOG's 114K clips at batch 32.
+    "full": TrainConfig(preset="full"),
+    # A CPU-sized run with the paper's structure: ResNet-18 (SPEC 2: the common small variant)
+    # at half the paper's linear resolution. 112 / 8 = 14 x 14 search features and a 56 / 8 =
+    # 7 x 7 query, the smallest query the localizer's two 4x4 convolutions accept; the patch is
+    # then 1/2 of the crop instead of 1/3, keeping enough search positions around it. About 4x
+    # fewer pixels and ~6x fewer encoder FLOPs per clip than `full` with ResNet-50.
+    "small": TrainConfig(
+        preset="small",
+        arch="resnet18",
+        short_side=128,
+        crop=112,
+        patch=56,
+        batch_size=8,  # a few clips/s on a CPU; BatchNorm still pools 8 x 5 frames
+        steps=300,  # a few minutes on a laptop CPU
+        workers=2,
+        save_every=100,
+        log_every=5,
+    ),
+}
+
+# Fields a resumed run must share with its checkpoint: they define the model or the clip
+# stream. Everything else (steps, device, workers, logging, lr ...) may change on --resume.
+FIXED_ON_RESUME = ("arch", "loss", "short_side", "crop", "patch", "fps", "batch_size", "seed",
+                   "clips_per_video")
+
+
+def make_config(preset_name: str = "full", **overrides) -> TrainConfig:
+    """The named preset with `overrides` (None values are ignored, as unset flags)."""
+    if preset_name not in PRESETS:
+        raise UserError(f"unknown --preset {preset_name!r}; choose from {', '.join(PRESETS)}")
+    return apply_overrides(PRESETS[preset_name], **overrides)
+
+
+def apply_overrides(config: TrainConfig, **overrides) -> TrainConfig:
+    """`config` with the non-None `overrides`; `epochs` given alone clears `steps`."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown training option(s): {', '.join(unknown)}")
+    if "epochs" in overrides and "steps" not in overrides:
+        overrides["steps"] = None
+    return replace(config, **overrides)
+
+
+def check_resumable(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """Names of the fields that changed; a UserError if any of them is FIXED_ON_RESUME."""
+    changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(new, f.name)]
+    fixed = [name for name in changed if name in FIXED_ON_RESUME]
+    if fixed:
+        detail = ", ".join(f"{n} {getattr(saved, n)!r} -> {getattr(new, n)!r}" for n in fixed)
+        raise UserError(f"cannot resume with a different {detail}: these define the model or "
+                        "the clip stream; start a new run (another --out) instead")
+    return changed

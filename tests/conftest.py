@@ -1,0 +1,36 @@
+"""Shared fixtures: generated DAVIS roots and the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # the plain reference implementations
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """$TIMECYCLE_DATA, default ../shared/data beside the repository."""
+    return Path(os.environ.get("TIMECYCLE_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not (path / "DAVIS").is_dir():
+        pytest.skip(f"real data not found at {path} (set TIMECYCLE_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_davis(tmp_path_factory) -> Path:
+    """A small generated DAVIS root: 3 sequences with 1-3 objects (read-only for tests)."""
+    from timecycle.datasets.synthetic import write_davis_root
+
+    root = tmp_path_factory.mktemp("synthetic_davis")
+    write_davis_root(root, 3, seed=0, n_frames=10, height=64, width=96)
+    return root

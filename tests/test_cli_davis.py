@@ -1,0 +1,171 @@
+"""`timecycle propagate davis` and `timecycle evaluate davis` end to end, and their errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from timecycle.cli import main
+from timecycle.datasets.io import read_mask, write_mask
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _propagate(capsys, root: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return _run(capsys, "propagate", "davis", "--root", str(root), "--out", str(out),
+                "--device", "cpu", "--quiet", *extra)
+
+
+def _copy_root(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_identity_propagation_writes_the_davis_format(synthetic_davis, tmp_path, capsys):
+    out = tmp_path / "res"
+    code, stdout, _ = _propagate(capsys, synthetic_davis, out, "--encoder", "identity", "--evaluate")
+    assert code == 0
+    names = (synthetic_davis / "ImageSets/2017/val.txt").read_text().split()
+    for name in names:
+        frames = sorted((synthetic_davis / "JPEGImages/480p" / name).iterdir())
+        preds = sorted((out / name).iterdir())
+        assert [p.stem for p in preds] == [f.stem for f in frames]
+        first = read_mask(synthetic_davis / "Annotations/480p" / name / "00000.png")
+        for p in preds:
+            img = Image.open(p)
+            assert img.mode == "P"  # palettised, ids as values
+            assert np.array_equal(np.asarray(img), first)  # identity: frame 0's label everywhere
+    prov = json.loads((out / "propagation.json").read_text())
+    assert prov["encoder"] == "identity" and prov["protocol"]["name"] == "crw"
+    rows = list(csv.DictReader(open(out / "global_results-val.csv")))
+    assert list(rows[0]) == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    assert len(rows[0]["J-Mean"].split(".")[1]) == 6
+    assert "J&F-Mean" in stdout
+    assert not list(out.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("protocol", ["crw", "timecycle", "dino"])
+def test_pixel_beats_identity_on_moving_objects(synthetic_davis, tmp_path, capsys, protocol):
+    res = {}
+    for enc in ("identity", "pixel"):
+        out = tmp_path / enc
+        code, _, err = _propagate(capsys, synthetic_davis, out, "--encoder", enc,
+                                  "--protocol", protocol, "--evaluate")
+        assert code == 0, err
+        res[enc] = float(next(csv.DictReader(open(out / "global_results-val.csv")))["J&F-Mean"])
+    # The objects move several pixels per frame: copying frame 0 falls behind, colour
+    # correspondence follows them.
+    assert res["pixel"] > res["identity"] + 0.05, res
+
+
+def test_random_resnet_runs_and_records_provenance(synthetic_davis, tmp_path, capsys):
+    out = tmp_path / "r18"
+    code, _, err = _propagate(capsys, synthetic_davis, out, "--encoder", "resnet18",
+                              "--sequences", "synth00", "--seed", "3")
+    assert code == 0, err
+    prov = json.loads((out / "propagation.json").read_text())
+    assert prov["encoder"] == "resnet18" and prov["seed"] == 3 and prov["weights"] is None
+    assert prov["sequences"][0]["name"] == "synth00"
+
+
+def test_evaluate_rescores_and_never_reuses_stale_results(synthetic_davis, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity", "--evaluate")[0] == 0
+    first = (out / "global_results-val.csv").read_text()
+    # Damage one prediction: the next evaluation must see it.
+    seq = "synth00"
+    p = sorted((out / seq).iterdir())[3]
+    write_mask(p, np.zeros_like(read_mask(p)))
+    code, _, _ = _run(capsys, "evaluate", "davis", "--root", str(synthetic_davis), "--results", str(out), "--quiet")
+    assert code == 0
+    assert (out / "global_results-val.csv").read_text() != first
+    # A new propagation into the folder removes the old evaluation before writing.
+    assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity", "--sequences", seq)[0] == 0
+    assert not (out / "global_results-val.csv").exists()
+
+
+def _one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("timecycle: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_missing_sequences_are_all_listed(synthetic_davis, tmp_path, capsys):
+    code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--encoder", "identity",
+                              "--sequences", "synth00,nope1,nope2")
+    _one_line_error(code, err, "nope1", "nope2", "2 of 3")
+
+
+def test_unknown_protocol(synthetic_davis, tmp_path, capsys):
+    code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--protocol", "fancy")
+    _one_line_error(code, err, "unknown protocol")
+
+
+def test_missing_root(tmp_path, capsys):
+    code, _, err = _propagate(capsys, tmp_path / "nowhere", tmp_path / "o")
+    _one_line_error(code, err, "nowhere")
+
+
+def test_truncated_frame_names_the_file(synthetic_davis, tmp_path, capsys):
+    root = _copy_root(synthetic_davis, tmp_path / "root")
+    bad = root / "JPEGImages/480p/synth00/00004.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "o"
+    code, _, err = _propagate(capsys, root, out, "--encoder", "pixel", "--sequences", "synth00")
+    _one_line_error(code, err, "00004.jpg")
+    assert not (out / "synth00").exists()  # no half-written sequence that looks complete
+    assert not (out / "propagation.json").exists()
+
+
+def test_rgb_mask_is_refused(synthetic_davis, tmp_path, capsys):
+    root = _copy_root(synthetic_davis, tmp_path / "root")
+    m = root / "Annotations/480p/synth00/00000.png"
+    Image.open(m).convert("RGB").save(m)
+    code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel", "--sequences", "synth00")
+    _one_line_error(code, err, "00000.png", "mode RGB")
+
+
+def test_wrong_size_mask_is_refused(synthetic_davis, tmp_path, capsys):
+    root = _copy_root(synthetic_davis, tmp_path / "root")
+    m = root / "Annotations/480p/synth01/00000.png"
+    write_mask(m, np.ones((10, 12), np.uint8))
+    code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel")
+    _one_line_error(code, err, "00000.png", "12x10")
+
+
+def test_empty_first_mask_is_refused(synthetic_davis, tmp_path, capsys):
+    root = _copy_root(synthetic_davis, tmp_path / "root")
+    m = root / "Annotations/480p/synth02/00000.png"
+    write_mask(m, np.zeros_like(read_mask(m)))
+    code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel")
+    _one_line_error(code, err, "empty")
+
+
+def test_prediction_with_unknown_object_id(synthetic_davis, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity")[0] == 0
+    p = out / "synth00" / "00003.png"
+    mask = read_mask(p)
+    mask[0, 0] = 9
+    write_mask(p, mask)
+    code, _, err = _run(capsys, "evaluate", "davis", "--root", str(synthetic_davis), "--results", str(out), "--quiet")
+    _one_line_error(code, err, "9")
+
+
+def test_wrong_checkpoint_is_one_line(synthetic_davis, tmp_path, capsys):
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_text("not a checkpoint")
+    code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--encoder", "resnet18", "--weights", str(ckpt))
+    _one_line_error(code, err, "w.pt")

@@ -1,0 +1,137 @@
+"""The fast propagation engine against the plain reference, and its invariants (SPEC 6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference_propagation import reference_propagate
+from timecycle.propagation.propagator import LabelPropagator
+from timecycle.propagation.protocols import CRW, DINO, PROTOCOLS, TIMECYCLE
+from timecycle.propagation.resize import downsample_label, frame_size, label_to_ids, minmax
+from timecycle.propagation.windows import make_geometry
+
+
+def _video(t: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Features of a drifting random pattern with noise: (T, C, h, w)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(c, h, w + t, generator=g)
+    return torch.stack([base[:, :, i : i + w] + 0.3 * torch.randn(c, h, w, generator=g) for i in range(t)])
+
+
+def _small(name: str):
+    # Shrink context and radius so that restriction, padding and the context ring all matter
+    # on a small map (radius 4 on 13x19 cuts most keys; n_context 3 < T wraps the ring).
+    p = PROTOCOLS[name]
+    return p.replace(n_context=3) if name == "timecycle" else p.replace(n_context=3, radius=4)
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+@pytest.mark.parametrize("tile", [3, 8])
+def test_fast_equals_reference(name: str, tile: int) -> None:
+    p = _small(name)
+    feats = _video(8, 16, 13, 19)
+    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    ref = reference_propagate(p, feats, label0)
+    prop = LabelPropagator(p, feats[0], label0, tile=tile)
+    for t in range(1, feats.shape[0]):
+        torch.testing.assert_close(prop.step(feats[t]), ref[t - 1], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["crw", "dino"])
+def test_full_size_protocol_equals_reference(name: str) -> None:
+    # The real presets (radius 12, 20 or 7 context frames) on a map larger than the window.
+    p = PROTOCOLS[name]
+    feats = _video(4, 8, 30, 33, seed=3)
+    label0 = torch.softmax(2 * torch.randn(2, 30, 33, generator=torch.Generator().manual_seed(4)), 0)
+    ref = reference_propagate(p, feats, label0)
+    prop = LabelPropagator(p, feats[0], label0)
+    for t in range(1, 4):
+        torch.testing.assert_close(prop.step(feats[t]), ref[t - 1], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_identical_frames_return_the_label(name: str) -> None:
+    # A one-hot label through identical frames comes back unchanged (STYLE 8): each query's
+    # best key is itself, and with distinct random features the top-k weight concentrates there.
+    p = PROTOCOLS[name]
+    if name == "timecycle":
+        p = p.replace(temperature=1 / 200)  # sharpen the per-frame softmax so the top-1 dominates
+    feats = _video(1, 64, 12, 14)[0]
+    ids = torch.randint(0, 3, (12, 14), generator=torch.Generator().manual_seed(5))
+    label0 = torch.nn.functional.one_hot(ids, 3).permute(2, 0, 1).float()
+    prop = LabelPropagator(p, feats, label0)
+    for _ in range(3):
+        out = prop.step(feats.clone())
+        assert torch.equal(out.argmax(0), ids)
+
+
+def test_soft_labels_are_convex_combinations() -> None:
+    feats = _video(5, 16, 20, 20)
+    label0 = torch.softmax(torch.randn(4, 20, 20), 0)
+    for p in (CRW, DINO):
+        prop = LabelPropagator(p, feats[0], label0)
+        for t in range(1, 5):
+            out = prop.step(feats[t])
+            torch.testing.assert_close(out.sum(0), torch.ones(20, 20), atol=1e-5, rtol=0)
+            assert out.min() >= 0
+
+
+def test_memory_is_bounded_by_the_context() -> None:
+    feats = _video(2, 8, 10, 10)
+    label0 = torch.softmax(torch.randn(2, 10, 10), 0)
+    prop = LabelPropagator(DINO.replace(n_context=2), feats[0], label0)
+    sizes = set()
+    for _ in range(6):
+        prop.step(feats[1])
+        sizes.add((prop.feats.shape, prop.count))
+    assert {s[1] for s in sizes} == {1, 2}  # DINO's context grows to n_context, then stays
+    assert len({s[0] for s in sizes}) == 1  # the buffers never grow
+
+
+def test_window_shapes_match_the_public_definitions() -> None:
+    disk = make_geometry(40, 40, 12, "disk")
+    # CRW MaskedAttention: offsets with sqrt(dy^2 + dx^2) < 12 -> 437 keys.
+    d = torch.arange(-12, 13)
+    expected = int(((d[:, None] ** 2 + d[None] ** 2) < 144).sum())
+    assert disk.allowed.shape[1] == expected == 437
+    square = make_geometry(40, 40, 12, "square")
+    assert square.allowed.shape[1] == 25 * 25  # DINO: |dy|, |dx| <= 12
+
+
+def test_frame_sizes_per_protocol() -> None:
+    assert frame_size(CRW, 480, 854) == (480, 854)
+    assert frame_size(TIMECYCLE, 480, 854) == (320, 320)
+    assert frame_size(DINO, 480, 854) == (480, 832)  # 854 floored to a multiple of 64
+    assert frame_size(DINO, 854, 480) == (832, 480)
+
+
+def test_label_downsampling() -> None:
+    ids = torch.zeros(16, 16, dtype=torch.long)
+    ids[:, 8:] = 1
+    crw = downsample_label(ids, 2, (2, 2), CRW)  # bilinear of one-hot: halves stay pure
+    assert torch.equal(crw[1], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    # Without antialiasing (as cv2.resize), output cell 0 samples x = 3.5: half of pixel 3 and
+    # half of pixel 4. Marking pixel column 4 gives exactly 0.5; column 7 would not show at all.
+    ids[:, 4] = 1
+    blend = downsample_label(ids, 2, (2, 2), CRW)
+    assert blend[1, 0, 0] == 0.5
+    dino = downsample_label(ids, 2, (2, 2), DINO)  # nearest: stays one-hot
+    assert set(dino.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_minmax_keeps_constant_channels() -> None:
+    x = torch.tensor([[[0.2, 0.6]], [[0.5, 0.5]]])
+    out = minmax(x)
+    assert torch.equal(out[0], torch.tensor([[0.0, 1.0]]))
+    assert torch.equal(out[1], x[1])
+
+
+def test_label_to_ids_output_sizes() -> None:
+    soft = torch.zeros(2, 4, 6)
+    soft[1, :, 3:] = 1
+    soft[0, :, :3] = 1
+    for p, frame_hw in ((CRW, (32, 48)), (TIMECYCLE, (320, 320)), (DINO, (32, 48))):
+        ids = label_to_ids(soft, p, frame_hw, (30, 45))
+        assert ids.shape == (30, 45)
+        assert ids[:, 0].eq(0).all() and ids[:, -1].eq(1).all()
