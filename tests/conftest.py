@@ -22,6 +22,8 @@ def shared_data_dir() -> Path:
 def shared_data() -> Path:
     path = shared_data_dir()
     if not (path / "DAVIS").is_dir():
+        if os.environ.get("TIMECYCLE_REQUIRE_DATA"):
+            pytest.fail(f"real data required (TIMECYCLE_REQUIRE_DATA) but not found at {path}")
         pytest.skip(f"real data not found at {path} (set TIMECYCLE_DATA)")
     return path
 

@@ -33,12 +33,18 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def reference_propagate(p: Protocol, feats: torch.Tensor, label0: torch.Tensor) -> list[torch.Tensor]:
-    """feats (T, C, h, w), label0 (K, h, w) -> soft labels (K, h, w) of frames 1..T-1."""
+def reference_propagate(
+    p: Protocol, feats: torch.Tensor, label0: torch.Tensor, dtype: torch.dtype = torch.float64
+) -> list[torch.Tensor]:
+    """feats (T, C, h, w), label0 (K, h, w) -> soft labels (K, h, w) of frames 1..T-1.
+
+    Like the public code, it holds the whole video's features. `dtype` float32 is for the
+    benchmark; the tests use float64.
+    """
     t_all, c, h, w = feats.shape
     kk = label0.shape[0]
-    feats = F.normalize(feats.double(), dim=1).flatten(2)  # (T, C, N)
-    label0 = label0.double().flatten(1)  # (K, N)
+    feats = F.normalize(feats.to(dtype), dim=1).flatten(2)  # (T, C, N)
+    label0 = label0.to(dtype).flatten(1)  # (K, N)
     mask = None if p.restrict == "none" else _distance_mask(h, w, p.radius, p.restrict)
     hist: list[tuple[torch.Tensor, torch.Tensor]] = []  # previous frames (feat, stored label)
     if p.pad_context:
@@ -48,7 +54,7 @@ def reference_propagate(p: Protocol, feats: torch.Tensor, label0: torch.Tensor) 
         q = feats[t]
         ctx = [(feats[0], label0)] + hist[-p.n_context :] if p.n_context else [(feats[0], label0)]
         if p.weighting == "per_frame_topk":
-            pred = torch.zeros(kk, h * w, dtype=torch.float64)
+            pred = torch.zeros(kk, h * w, dtype=dtype)
             for kf, kl in ctx:
                 a = torch.softmax((kf.T @ q) / p.temperature, dim=0)  # (keys, queries)
                 v, i = a.topk(p.topk, dim=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from pathlib import Path
 
 import av
@@ -270,14 +269,8 @@ def test_loader_with_workers_matches_no_workers_and_resumes(data_index):
     assert torch.equal(resumed["frames"], plain[2]["frames"])  # global index 8 = batch 2
 
 
-def _real_data() -> Path:
-    return Path(os.environ.get("TIMECYCLE_DATA", Path(__file__).parents[1] / "../shared/data"))
-
-
-@pytest.mark.skipif(not (_real_data() / "videos").is_dir(),
-                    reason=f"real clips not found at {_real_data() / 'videos'} (TIMECYCLE_DATA)")
-def test_smoke_real_clips(tmp_path):
-    index = build_index(_real_data() / "videos", tmp_path / "video_index.json")
+def test_smoke_real_clips(tmp_path, shared_data):
+    index = build_index(shared_data / "videos", tmp_path / "video_index.json")
     assert index.n_skipped == 0
     by_name = {Path(v.path).name: v for v in index.videos}
     assert by_name["sam2_bedroom.mp4"].n_frames == 200

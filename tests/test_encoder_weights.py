@@ -9,6 +9,7 @@ seed, which must then compute exactly the source's features.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import hashlib
 import pathlib
@@ -175,8 +176,12 @@ def test_crw_checkpoint(tmp_path, padded_convs):
     src = _source()
     path = tmp_path / "crw.pth"
     torch.save(_crw_checkpoint(src, padded_convs), path)
-    info = _assert_loaded(_encoder(seed=2), src, path)
-    assert info.format == "crw"
+    src = copy.deepcopy(src)  # _source is shared between tests
+    src.set_padding_mode("reflect")  # CRW's scratch ResNet pads by reflection
+    dst = _encoder(seed=2)
+    info = _assert_loaded(dst, src, path)
+    assert info.format == "crw" and info.padding_mode == "reflect"
+    assert dst.stem[0].padding_mode == "reflect" and dst.layer3[0].conv2.padding_mode == "reflect"
     assert "selfsim_fc.0.weight" in info.ignored
     assert "encoder.model.layer4.1.bn2.running_var" in info.ignored
 

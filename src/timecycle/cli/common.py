@@ -47,5 +47,6 @@ def load_encoder(args: argparse.Namespace):
     info["head"] = head
     if args.weights:
         loaded = load_weights(encoder, args.weights)
-        info["weights"] = {"path": str(args.weights), "sha256": loaded.sha256, "format": loaded.format}
+        info["weights"] = {"path": str(args.weights), "sha256": loaded.sha256,
+                           "format": loaded.format, "padding_mode": loaded.padding_mode}
     return encoder, info

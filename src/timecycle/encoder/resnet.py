@@ -64,6 +64,16 @@ class ResNetEncoder(nn.Module):
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
         self.head = TimeCycleHead(channels) if head else None
         self.out_channels = HEAD_DIM if head else channels
+        self.padding_mode = "zeros"
+
+    def set_padding_mode(self, mode: str) -> None:
+        """"zeros" (torchvision) or "reflect": CRW's scratch ResNet pads every padded
+        convolution by reflection (videowalk code/resnet.py `modify(padding='reflect')`), so its
+        weights reproduce its features only with reflect padding."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and sum(m.padding) > 0:
+                m.padding_mode = mode
+        self.padding_mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))

@@ -61,6 +61,7 @@ class WeightsInfo:
     sha256: str  # of the whole file
     tensors: int  # tensors copied into the encoder
     ignored: tuple[str, ...]  # keys of the file that were not used, as spelled in the file
+    padding_mode: str = "zeros"  # convolution padding the weights were trained with
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,10 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
     if not isinstance(encoder, ResNetEncoder):
         raise TypeError(f"load_weights needs a ResNetEncoder, got {type(encoder).__name__}")
     path = Path(path)
-    state, layout, original = _find_state_dict(read_checkpoint(path), path)
+    checkpoint = read_checkpoint(path)
+    state, layout, original = _find_state_dict(checkpoint, path)
     sha256 = file_sha256(path)
+    padding_mode = _padding_mode(checkpoint, layout)
 
     mapped, source, ignored = _map_keys(state, layout, original)
     _check_fit(encoder, mapped, source, layout, path)  # first: a wrong architecture explains most
@@ -156,9 +159,22 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
     full = encoder.state_dict()
     full.update(mapped)  # keeps the encoder's num_batches_tracked where the file has none
     encoder.load_state_dict(full, strict=True)
+    encoder.set_padding_mode(padding_mode)
     return WeightsInfo(
-        path=path, format=layout.format, sha256=sha256, tensors=len(mapped), ignored=tuple(ignored)
+        path=path, format=layout.format, sha256=sha256, tensors=len(mapped),
+        ignored=tuple(ignored), padding_mode=padding_mode,
     )
+
+
+def _padding_mode(checkpoint: Any, layout: _Layout) -> str:
+    """CRW trains its default "scratch" ResNet with reflect padding (videowalk code/utils
+    make_encoder -> resnet.modify(padding='reflect')); its args record model_type. Other
+    formats use torchvision's zero padding."""
+    if layout.format != "crw":
+        return "zeros"
+    args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
+    model_type = getattr(args, "model_type", "scratch")
+    return "reflect" if model_type == "scratch" else "zeros"
 
 
 def _load_failure(err: Exception) -> str:
