@@ -63,32 +63,29 @@ def register(sub) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The resolved TrainConfig: preset (or the resumed run's config), then the given flags."""
-    from dataclasses import replace
-
     from timecycle.engine.checkpoint import LAST, load_checkpoint
     from timecycle.engine.config import TrainConfig, apply_overrides, make_config
     from timecycle.errors import UserError
 
     overrides = dict(
-        data=[str(Path(d)) for d in args.data] if args.data else None, out=args.out,
+        data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
         loss=args.loss, arch=args.arch, batch_size=args.batch_size, steps=args.steps,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,
         save_every=args.save_every, log_every=args.log_every, warmup_steps=args.warmup_steps,
         seed=args.seed, lr=args.lr, deterministic=args.deterministic, progress=not args.quiet,
     )
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # flags not given
+    if args.fps is not None:
+        overrides["fps"] = args.fps or None  # 'native' (0) -> None: no resampling
     if args.resume:
         saved = TrainConfig.from_dict(load_checkpoint(Path(args.out) / LAST)["config"])
         if args.preset and args.preset != saved.preset:
             raise UserError(f"--preset {args.preset} given, but the run was made with "
                             f"--preset {saved.preset}; leave --preset out when resuming")
-        config = apply_overrides(saved, **overrides)
-    elif not args.data:
+        return apply_overrides(saved, **overrides)
+    if not args.data:
         raise UserError("--data DIR is required (a folder of videos or frame folders)")
-    else:
-        config = make_config(args.preset or "full", **overrides)
-    if args.fps is not None:  # set last: 'native' is None, which overrides skip
-        config = replace(config, fps=args.fps or None)
-    return config
+    return make_config(args.preset or "full", **overrides)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ Contents (plain containers and tensors only, so `torch.load(weights_only=True)` 
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -93,6 +94,10 @@ def save_checkpoint(run_dir: str | Path, state: dict, step: int, keep_last: int 
     Only one process of a distributed run (rank 0) should call this.
     """
     run_dir = Path(run_dir)
+    state = dict(state)
+    for key in ("config", "environment"):
+        if key in state:  # plain JSON types only: e.g. torch.__version__ is a str subclass,
+            state[key] = json.loads(json.dumps(state[key]))  # which weights_only refuses
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
     data = buf.getvalue()

@@ -156,15 +156,14 @@ FIXED_ON_RESUME = ("arch", "loss", "short_side", "crop", "patch", "fps", "batch_
 
 
 def make_config(preset_name: str = "full", **overrides) -> TrainConfig:
-    """The named preset with `overrides` (None values are ignored, as unset flags)."""
+    """The named preset with `overrides` applied (None is a value: `fps=None` = native rate)."""
     if preset_name not in PRESETS:
         raise UserError(f"unknown --preset {preset_name!r}; choose from {', '.join(PRESETS)}")
     return apply_overrides(PRESETS[preset_name], **overrides)
 
 
 def apply_overrides(config: TrainConfig, **overrides) -> TrainConfig:
-    """`config` with the non-None `overrides`; `epochs` given alone clears `steps`."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    """`config` with `overrides`; `epochs` given without `steps` clears `steps`."""
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
