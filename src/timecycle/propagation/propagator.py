@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import minmax
 from timecycle.propagation.windows import (
+    OUTSIDE,
     WindowGeometry,
     make_geometry,
     pad_with_bias,
+    slot_index,
     tile_queries,
     to_strips,
     untile,
@@ -59,8 +61,12 @@ class LabelPropagator:
         else:
             g = self.geo
             hp = g.n_ty * g.tile + 2 * g.half
-            self.feats = feat0.new_zeros(slots, g.n_tx, hp, g.win, c + 1)
-            self.labels = label0.new_zeros(slots, g.n_tx, hp, g.win, k)
+            # Context frames interleaved row by row (see windows.py); empty slots get the
+            # OUTSIDE bias so they never enter a top-k before they are filled.
+            self.feats = feat0.new_zeros(g.n_tx, hp, slots, g.win, c + 1)
+            self.feats[..., c] = OUTSIDE
+            self.labels = label0.new_zeros(g.n_tx, hp, slots, g.win, k)
+            self.slot_index = slot_index(g, slots)
         self.count = 0  # previous frames stored so far (at most n_context)
         self.next_slot = 0
         if self.n0:
@@ -74,8 +80,8 @@ class LabelPropagator:
         if self.geo is None:
             self.feats[slot], self.labels[slot] = feat, label
             return
-        self.feats[slot] = to_strips(pad_with_bias(feat, self.geo), self.geo)
-        self.labels[slot] = to_strips(F.pad(label, self.geo.pad()), self.geo)
+        self.feats[:, :, slot] = to_strips(pad_with_bias(feat, self.geo), self.geo)
+        self.labels[:, :, slot] = to_strips(F.pad(label, self.geo.pad()), self.geo)
 
     def _push(self, feat: torch.Tensor, label: torch.Tensor) -> None:
         self._write(self.n0 + self.next_slot, feat, label)
@@ -95,7 +101,7 @@ class LabelPropagator:
         else:
             first = (self.feat0, self.label0) if self.first_apart else None
             pred = windowed_joint_topk(
-                feat, self.feats[:n], self.labels[:n], self.geo, p.topk, p.temperature, first
+                feat, self.feats, self.labels, self.geo, self.slot_index, p.topk, p.temperature, first
             )
         stored = minmax(pred) if p.store == "minmax" else pred
         self._push(feat, stored)
@@ -149,40 +155,35 @@ def windowed_joint_topk(
     feats: torch.Tensor,
     labels: torch.Tensor,
     geo: WindowGeometry,
+    index: torch.Tensor,
     k: int,
     temperature: float,
     first: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Joint top-k over the restricted windows of the context frames (and an unrestricted one).
 
-    q: (C, h, w) normalised query; feats: (F, n_tx, Hp, win, C+1) and labels:
-    (F, n_tx, Hp, win, K) context frames as strips (`to_strips`); first: optional
-    ((C, h*w), (h*w, K)) frame read without restriction (CRW's frame 0). Returns (K, h, w).
+    q: (C, h, w) normalised query; feats: (n_tx, Hp, S, win, C+1) and labels:
+    (n_tx, Hp, S, win, K) the S context slots as interleaved strips (windows.py); index:
+    (t*t, S*V) `slot_index`; first: optional ((C, h*w), (h*w, K)) frame read without
+    restriction (CRW's frame 0). Returns (K, h, w).
     """
     c, h, w = q.shape
-    n, n_tx, _, win, c1 = feats.shape
+    n_tx, _, slots, win, c1 = feats.shape
     kk = labels.shape[-1]
     t2 = geo.tile * geo.tile
-    allowed = geo.allowed  # (t*t, V)
-    v = allowed.shape[1]
     qt = tile_queries(torch.cat([q, q.new_ones(1, h, w)]), geo)  # (n_ty, n_tx, t*t, C+1)
     out = q.new_empty(geo.n_ty, n_tx, t2, kk)
-    buf = q.new_empty(n_tx, t2, n, v)
-    gather_idx = allowed[None].expand(n_tx, t2, v)
+    index = index[None].expand(n_tx, *index.shape)
     tx = torch.arange(n_tx, device=q.device)[:, None, None]
-    query = torch.arange(t2, device=q.device)[None, :, None]
     for ty in range(geo.n_ty):
         r0 = ty * geo.tile
-        # One tile row's keys and labels: consecutive rows of every strip, views (no copy).
-        keys = feats[:, :, r0 : r0 + win].reshape(n, n_tx, win * win, c1)
-        labs = labels[:, :, r0 : r0 + win].reshape(n, n_tx, win * win, kk)
+        # A tile row's keys in every context frame: one contiguous block per strip (a view).
+        keys = feats[:, r0 : r0 + win].reshape(n_tx, win * slots * win, c1)
+        labs = labels[:, r0 : r0 + win].reshape(n_tx, win * slots * win, kk)
         qrow = qt[ty]  # (n_tx, t*t, C+1)
-        for f in range(n):
-            aff = torch.bmm(qrow, keys[f].transpose(1, 2))  # (n_tx, t*t, win*win)
-            buf[:, :, f] = torch.gather(aff, 2, gather_idx)  # the allowed keys only
-        vals, idx = buf.view(n_tx, t2, n * v).topk(k, dim=-1)  # (n_tx, t*t, k)
-        frame, pos = idx // v, allowed[query, idx % v]
-        cand = labs[frame, tx, pos]  # (n_tx, t*t, k, K)
+        aff = torch.bmm(qrow, keys.transpose(1, 2))  # (n_tx, t*t, win*S*win)
+        vals, sel = torch.gather(aff, 2, index).topk(k, dim=-1)  # allowed keys only
+        cand = labs[tx, torch.gather(index, 2, sel)]  # (n_tx, t*t, k, K)
         if first is not None:
             f_vals, f_idx = (qrow[..., :c] @ first[0]).topk(k, dim=-1)
             vals = torch.cat([f_vals, vals], dim=-1)

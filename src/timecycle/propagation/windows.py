@@ -9,9 +9,11 @@ runs over the allowed keys only.
 
 To make a tile's neighbourhood a contiguous matrix (no copy per target frame), every context
 frame is stored once, when it enters the context, as overlapping vertical strips: strip j
-holds columns [j t, j t + t + 2r) of the padded map, channels last. A tile's keys are then a
-run of consecutive rows of one strip. Keys outside the frame carry a large negative bias in an
-extra channel (the queries carry a 1 there), so they can never win a top-k place.
+holds columns [j t, j t + t + 2r) of the padded map, and the context frames are interleaved
+row by row, channels last: (n_tx, Hp, slots, win, C). A tile's keys in all context frames are
+then one run of consecutive rows of one strip, so a tile row needs a single batched product.
+Keys outside the frame (and empty context slots) carry a large negative bias in an extra
+channel (the queries carry a 1 there), so they can never win a top-k place.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class WindowGeometry:
             largest offset along an axis). n_ty, n_tx: tiles down and across.
         allowed: (t*t, V) long, for query (i, j) of a tile, the indices a*win + b in its
             tile's window of the V keys it may see.
+        offsets_a, offsets_b: (t*t, V) the window row a and column b of those keys.
     """
 
     h: int
@@ -44,6 +47,8 @@ class WindowGeometry:
     n_ty: int
     n_tx: int
     allowed: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
 
     @property
     def win(self) -> int:
@@ -78,15 +83,24 @@ def make_geometry(
     rows = i.reshape(-1, 1) + half + dy[None]  # (t*t, V)
     cols = j.reshape(-1, 1) + half + dx[None]
     allowed = (rows * win + cols).to(device)
-    return WindowGeometry(h, w, tile, half, -(-h // tile), -(-w // tile), allowed)
+    return WindowGeometry(h, w, tile, half, -(-h // tile), -(-w // tile), allowed,
+                          rows.to(device), cols.to(device))
+
+
+def slot_index(geo: WindowGeometry, slots: int) -> torch.Tensor:
+    """(t*t, slots*V) indices into a tile's interleaved keys (win, slots, win), flattened:
+    row a, slot s, column b -> (a * slots + s) * win + b, slot-major over the V keys."""
+    s = torch.arange(slots, device=geo.rows.device)[:, None, None]
+    idx = (geo.rows[None] * slots + s) * geo.win + geo.cols[None]  # (slots, t*t, V)
+    return idx.permute(1, 0, 2).reshape(geo.tile * geo.tile, -1)
 
 
 def to_strips(x: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
-    """(C, Hp, Wp) padded map -> (n_tx, Hp, win, C) overlapping column strips, channels last."""
+    """(C, Hp, Wp) padded map -> (n_tx, Hp, win, C) overlapping column strips, channels last
+    (a copy; the caller writes it into its context slot)."""
     c, hp, wp = x.shape
     x = x.permute(1, 2, 0).contiguous()  # (Hp, Wp, C)
-    view = x.as_strided((geo.n_tx, hp, geo.win, c), (geo.tile * c, wp * c, c, 1))
-    return view.contiguous()
+    return x.as_strided((geo.n_tx, hp, geo.win, c), (geo.tile * c, wp * c, c, 1))
 
 
 def pad_with_bias(feat: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
