@@ -19,7 +19,7 @@ from timecycle.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from timecycle.cli import demo, evaluate, propagate, train
+    from timecycle.cli import demo, evaluate, propagate, report, train, visualize
 
     parser = argparse.ArgumentParser(
         prog="timecycle",
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"timecycle {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (propagate, evaluate, train, demo):
+    for module in (propagate, evaluate, train, demo, report, visualize):
         module.register(sub)
     return parser
 

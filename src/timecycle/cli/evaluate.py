@@ -15,6 +15,10 @@ def register(sub) -> None:
     d.add_argument("--results", required=True, help="folder with one folder of PNGs per sequence")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(run=run_davis)
+    from timecycle.cli import jhmdb, vip
+
+    jhmdb.add_evaluate_parser(bench)
+    vip.add_evaluate_parser(bench)
 
 
 def evaluate_and_print(root, results: str, names: list[str], progress: bool = True) -> dict:

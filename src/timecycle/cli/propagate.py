@@ -21,6 +21,10 @@ def register(sub) -> None:
     d.add_argument("--evaluate", action="store_true", help="score the predictions at the end")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(run=run_davis)
+    from timecycle.cli import jhmdb, vip
+
+    jhmdb.add_propagate_parser(bench)
+    vip.add_propagate_parser(bench)
 
 
 def run_davis(args: argparse.Namespace) -> int:

@@ -67,13 +67,12 @@ def seed_worker(seed: int, rank: int, worker_id: int) -> None:
     """DataLoader worker_init_fn: seed torch, numpy and random from (seed, rank, worker_id).
 
     ClipDataset does not use these generators (its samples are seeded by index); this is for
-    anything else a worker runs. Also keeps OpenCV single-threaded: workers are the parallelism.
+    anything else a worker runs. (OpenCV's threads are set in `make_loader`, not here.)
     """
     state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2)
     torch.manual_seed(int(state[0]))
     np.random.seed(int(state[1]))
     random.seed(int(state[1]))
-    cv2.setNumThreads(1)
 
 
 def make_loader(
@@ -102,6 +101,11 @@ def make_loader(
     extra = {}
     if workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+        # Workers are the parallelism: OpenCV single-threaded, set here in the parent so that
+        # forked workers inherit it. Calling cv2.setNumThreads inside a forked worker deadlocks
+        # once the parent has used OpenCV's thread pool (it waits on the pool's condition
+        # variables, whose threads did not survive the fork).
+        cv2.setNumThreads(1)
     return DataLoader(
         dataset,
         batch_size=batch_size,

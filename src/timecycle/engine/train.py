@@ -67,7 +67,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     clipping; `values` is None and no update is made when the loss or the gradient norm is not
     finite. One device sync per step (the finiteness test).
     """
-    frames, patch, theta = (batch[k].to(device, non_blocking=True)
+    # contiguous(): one memory layout whatever made the batch. Collated in the main process,
+    # frames keep to_tensor's channels-last strides; from DataLoader workers they arrive
+    # contiguous; the two layouts pick different convolution kernels (different rounding).
+    frames, patch, theta = (batch[k].to(device, non_blocking=True).contiguous()
                             for k in ("frames", "patch", "theta_gt"))
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

@@ -1,0 +1,202 @@
+"""JHMDB keypoint propagation: PCK@alpha as the public CRW/UVC evaluation computes it (SPEC 7).
+
+Public reference: CRW code/eval/eval_pck.py (inherited from UVC). For every frame but the first:
+
+- a joint that was not predicted (NaN here; x < 0 there) is left out: neither right nor wrong,
+  and it does not enter the frame's box;
+- the box is the tight box around the *true* positions of the frame's predicted joints; its
+  size is 0.6 times its diagonal;
+- a joint is correct when distance / size <= alpha. A frame with a single predicted joint has
+  a box of size 0: its distance / size is inf or 0/0 = nan, and either counts as wrong (it stays
+  in the joint's total), exactly as numpy does in the reference;
+- each joint's accuracy is pooled over all frames of all videos; PCK is the mean of the 15
+  per-joint accuracies. A joint with no scored entry at all (the reference divides by zero
+  there) is left out of that mean.
+
+Predictions are `<results>/<class>/<video>.npy`: float (T, 15, 2), (x, y) in pos_img's 1-based
+pixel convention, NaN for a joint that was not predicted. T may exceed the ground truth's frame
+count (the extra frames are ignored, as in the reference), not fall short of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from timecycle.datasets.io import write_json_atomic, write_text_atomic
+from timecycle.datasets.jhmdb import JOINT_NAMES, N_JOINTS, JhmdbRoot, read_joints
+from timecycle.errors import UserError
+
+ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)  # CRW eval_pck.py: rng = [0.1, 0.2, 0.3, 0.4, 0.5]
+BOX_SCALE = 0.6  # eval_pck.py: now_boxes[k] = 0.6 * norm([maxx, maxy] - [minx, miny])
+PROVENANCE_FILE = "propagation.json"
+RESULT_FILES = ("pck.csv", "pck_per_video.csv", "pck.json")
+
+
+def normalised_distances(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances of frames 1..T-1 divided by their box size, and which entries count.
+
+    pred, gt: (T, J, 2) with NaN in pred for joints not predicted. Returns dist (T-1, J)
+    (inf or nan where the box is empty, see the module doc) and scored (T-1, J) bool.
+    """
+    pred, gt = np.asarray(pred, np.float64)[1:], np.asarray(gt, np.float64)[1:]
+    scored = np.isfinite(pred).all(axis=-1)  # (T-1, J)
+    inf = np.where(scored[..., None], gt, np.inf)
+    sup = np.where(scored[..., None], gt, -np.inf)
+    lo, hi = inf.min(axis=1), sup.max(axis=1)  # (T-1, 2)
+    any_scored = scored.any(axis=1)
+    size = BOX_SCALE * np.linalg.norm(np.where(any_scored[:, None], hi - lo, 0.0), axis=-1)
+    d = np.linalg.norm(np.where(scored[..., None], pred - gt, 0.0), axis=-1)  # (T-1, J)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dist = d / size[:, None]
+    return dist, scored
+
+
+def joint_accuracy(dist: np.ndarray, scored: np.ndarray, alpha: float) -> np.ndarray:
+    """(N, J) pooled entries -> (J,) share correct at `alpha`; NaN for a joint never scored."""
+    with np.errstate(invalid="ignore"):
+        correct = scored & (dist <= alpha)  # nan <= alpha is False: wrong, as in the reference
+    total = scored.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, correct.sum(axis=0) / np.maximum(total, 1), np.nan)
+
+
+def _pck(acc: np.ndarray) -> float:
+    return float(np.nanmean(acc)) if np.isfinite(acc).any() else math.nan
+
+
+@dataclass
+class PckResult:
+    alphas: tuple[float, ...]
+    pck: dict[float, float]  # alpha -> PCK over all videos
+    per_joint: dict[float, np.ndarray]  # alpha -> (J,) pooled accuracies
+    joint_counts: np.ndarray  # (J,) scored entries per joint
+    per_video: dict[str, dict[float, float]] = field(default_factory=dict)
+    frames: int = 0  # frames scored (after the first of each video)
+
+
+def score_videos(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], alphas: Sequence[float] = ALPHAS
+) -> PckResult:
+    """PCK of {video: (pred (T, J, 2), gt (T', J, 2))}, pred trimmed to gt's T'."""
+    dists, scoreds, per_video = [], [], {}
+    for name, (pred, gt) in pairs.items():
+        dist, scored = normalised_distances(pred[: len(gt)], gt)
+        dists.append(dist)
+        scoreds.append(scored)
+        per_video[name] = {a: _pck(joint_accuracy(dist, scored, a)) for a in alphas}
+    n_joints = next(iter(pairs.values()))[1].shape[1] if pairs else N_JOINTS
+    dist = np.concatenate(dists) if dists else np.zeros((0, n_joints))
+    scored = np.concatenate(scoreds) if scoreds else np.zeros((0, n_joints), bool)
+    per_joint = {a: joint_accuracy(dist, scored, a) for a in alphas}
+    return PckResult(
+        alphas=tuple(alphas),
+        pck={a: _pck(per_joint[a]) for a in alphas},
+        per_joint=per_joint,
+        joint_counts=scored.sum(axis=0),
+        per_video=per_video,
+        frames=int(dist.shape[0]),
+    )
+
+
+def _fmt(value: float) -> str:
+    return "" if math.isnan(value) else "%.6f" % value
+
+
+def _none_nan(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def write_pck_results(out_dir: str | Path, result: PckResult, provenance: Mapping[str, object]) -> list[Path]:
+    """pck.csv (`alpha,PCK`, PCK as a fraction), pck_per_video.csv and pck.json, atomically."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / f for f in RESULT_FILES]
+    lines = ["alpha,PCK"] + [f"{a:g},{_fmt(result.pck[a])}" for a in result.alphas]
+    header = ["video"] + [f"PCK@{a:g}" for a in result.alphas]
+    rows = [",".join(header)] + [
+        ",".join([name] + [_fmt(v[a]) for a in result.alphas]) for name, v in result.per_video.items()
+    ]
+    record = {
+        "pck": {f"{a:g}": _none_nan(result.pck[a]) for a in result.alphas},
+        "per_joint": {
+            name: {f"{a:g}": _none_nan(result.per_joint[a][j]) for a in result.alphas}
+            for j, name in enumerate(JOINT_NAMES[: len(result.joint_counts)])
+        },
+        "joint_counts": {n: int(c) for n, c in zip(JOINT_NAMES, result.joint_counts)},
+        "per_video": {
+            name: {f"{a:g}": _none_nan(v[a]) for a in result.alphas} for name, v in result.per_video.items()
+        },
+        "frames_scored": result.frames,
+        "definition": "CRW/UVC eval_pck.py: frames after the first; box 0.6 x diagonal of the "
+                      "true positions of the predicted joints; mean of per-joint accuracies",
+        "provenance": dict(provenance),
+    }
+    write_text_atomic(paths[0], "\n".join(lines) + "\n")
+    write_text_atomic(paths[1], "\n".join(rows) + "\n")
+    write_json_atomic(paths[2], record)
+    return paths
+
+
+def read_prediction(path: Path, n_frames: int) -> np.ndarray:
+    """A (T, 15, 2) float prediction with T >= n_frames; one-line errors naming the file."""
+    if not path.is_file():
+        raise UserError("prediction missing", path)
+    try:
+        pred = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"cannot read the prediction ({err})", path) from None
+    if pred.dtype.kind != "f" or pred.ndim != 3 or pred.shape[1:] != (N_JOINTS, 2):
+        raise UserError(f"prediction is {pred.dtype} {pred.shape}; expected float (T, {N_JOINTS}, 2)", path)
+    if len(pred) < n_frames:
+        raise UserError(f"prediction has {len(pred)} frames, the ground truth {n_frames}", path)
+    if np.isinf(pred).any():
+        raise UserError("prediction holds infinite values (NaN marks a joint not predicted)", path)
+    return pred
+
+
+def evaluate_jhmdb(
+    root: JhmdbRoot, results_dir: str | Path, names: list[str], alphas: Sequence[float] = ALPHAS
+) -> PckResult:
+    """Score `<results>/<class>/<video>.npy` for every video in `names`; write the result files.
+
+    Nothing is cached: the predictions are read again and the files rewritten on every call.
+    """
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise UserError("results folder not found", results)
+    missing = [n for n in names if not (results / f"{n}.npy").is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(names)} videos have no prediction in {results}: " + ", ".join(missing)
+        )
+    pairs = {}
+    for name in names:
+        gt = read_joints(root.joints_file(name))
+        pairs[name] = (read_prediction(results / f"{name}.npy", len(gt)), gt)
+    result = score_videos(pairs, alphas)
+    provenance: dict = {"jhmdb_root": str(root.root), "videos": names}
+    prop_file = results / PROVENANCE_FILE
+    if prop_file.is_file():
+        try:
+            provenance["propagation"] = json.loads(prop_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError("cannot read the run's provenance file", prop_file) from None
+    write_pck_results(results, result, provenance)
+    return result
+
+
+__all__ = [
+    "ALPHAS",
+    "BOX_SCALE",
+    "PckResult",
+    "evaluate_jhmdb",
+    "joint_accuracy",
+    "normalised_distances",
+    "score_videos",
+    "write_pck_results",
+]

@@ -1,0 +1,167 @@
+"""VIP part propagation: mIoU over the 20 classes as the VIP evaluation computes it (SPEC 7).
+
+Public reference: the VIP / ATEN evaluation script (`test_parsing.py`, also behind CRW's and
+UVC's VIP figures): one 20 x 20 confusion matrix `hist[gt, pred]` summed over every evaluated
+frame; ground-truth pixels outside 0..19 are ignored; per-class IoU = diag / (row + column -
+diag); mIoU = nan-mean over the 20 classes, *background (class 0) included*; a class absent from
+both ground truth and prediction (0 / 0) drops out of the mean. Pixel accuracy = diag / total.
+
+Frames: the annotated ones (VIP annotates every 25th frame), frame 0 included, as the public
+pipeline scores every annotated frame it finds a prediction for. A prediction of another size
+than its annotation is resized to it with nearest sampling (the reference's PIL resize of a
+palettised image, which PIL always does with NEAREST).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from timecycle.datasets.io import read_mask, write_json_atomic, write_text_atomic
+from timecycle.datasets.vip import CLASSES, N_CLASSES, VipRoot
+from timecycle.errors import UserError
+
+PROVENANCE_FILE = "propagation.json"
+RESULT_FILES = ("miou.csv", "miou.json")
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, n: int = N_CLASSES) -> np.ndarray:
+    """(n, n) int64 counts, rows = ground truth, columns = prediction; gt outside 0..n-1 ignored.
+
+    Predictions must lie in 0..n-1 (checked by the caller).
+    """
+    gt, pred = np.asarray(gt).ravel().astype(np.int64), np.asarray(pred).ravel().astype(np.int64)
+    keep = (gt >= 0) & (gt < n)
+    return np.bincount(n * gt[keep] + pred[keep], minlength=n * n).reshape(n, n)
+
+
+def class_iou(hist: np.ndarray) -> np.ndarray:
+    """(n,) IoU per class; NaN where the class is in neither ground truth nor prediction."""
+    hist = hist.astype(np.float64)
+    inter = np.diag(hist)
+    union = hist.sum(axis=0) + hist.sum(axis=1) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.nan)
+
+
+def summarise(hist: np.ndarray) -> dict[str, float]:
+    """mIoU (nan-mean of `class_iou`), pixel accuracy and mean class accuracy of a matrix."""
+    iou = class_iou(hist)
+    hist = hist.astype(np.float64)
+    total, gt_pixels = hist.sum(), hist.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = np.where(gt_pixels > 0, np.diag(hist) / np.where(gt_pixels > 0, gt_pixels, 1.0), np.nan)
+    return {
+        "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan,
+        "pixel_accuracy": float(np.trace(hist) / total) if total else math.nan,
+        "mean_accuracy": float(np.nanmean(acc)) if np.isfinite(acc).any() else math.nan,
+    }
+
+
+@dataclass
+class VipResult:
+    hist: np.ndarray  # (20, 20) summed over every evaluated frame
+    per_video: dict[str, dict[str, float]] = field(default_factory=dict)
+    frames: int = 0
+
+    @property
+    def iou(self) -> np.ndarray:
+        return class_iou(self.hist)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        return summarise(self.hist)
+
+
+def _fmt(value: float) -> str:
+    return "" if math.isnan(value) else "%.6f" % value
+
+
+def _none_nan(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def write_miou_results(out_dir: str | Path, result: VipResult, provenance: Mapping[str, object]) -> list[Path]:
+    """miou.csv (`class,IoU` per class, then `mean`; empty = absent class) and miou.json."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / f for f in RESULT_FILES]
+    iou, summary = result.iou, result.summary
+    lines = ["class,IoU"] + [f"{c},{_fmt(v)}" for c, v in zip(CLASSES, iou)]
+    lines.append(f"mean,{_fmt(summary['mIoU'])}")
+    record = {
+        **{k: _none_nan(v) for k, v in summary.items()},
+        "class_iou": {c: _none_nan(v) for c, v in zip(CLASSES, iou)},
+        "per_video": {n: {k: _none_nan(v) for k, v in s.items()} for n, s in result.per_video.items()},
+        "frames_scored": result.frames,
+        "confusion_matrix": result.hist.tolist(),
+        "definition": "VIP/ATEN test_parsing.py: one confusion matrix over the annotated frames, "
+                      "nan-mean of 20 class IoUs, background (0) included",
+        "provenance": dict(provenance),
+    }
+    write_text_atomic(paths[0], "\n".join(lines) + "\n")
+    write_json_atomic(paths[1], record)
+    return paths
+
+
+def read_prediction(path: Path, gt_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) class ids at the annotation's size; ids outside 0..19 are an error."""
+    if not path.is_file():
+        raise UserError("prediction missing for an annotated frame", path)
+    pred = read_mask(path)
+    if pred.shape != tuple(gt_hw):
+        pred = np.asarray(Image.fromarray(pred).resize((gt_hw[1], gt_hw[0]), Image.NEAREST))
+    if pred.max(initial=0) >= N_CLASSES:
+        raise UserError(f"prediction holds class id {int(pred.max())}; VIP has 0..{N_CLASSES - 1}", path)
+    return pred
+
+
+def evaluate_vip(root: VipRoot, results_dir: str | Path, names: list[str]) -> VipResult:
+    """Score `<results>/<video>/<frame>.png` on every annotated frame; write the result files."""
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise UserError("results folder not found", results)
+    missing = [n for n in names if not (results / n).is_dir()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(names)} videos have no predictions in {results}: " + ", ".join(missing)
+        )
+    total = np.zeros((N_CLASSES, N_CLASSES), np.int64)
+    result = VipResult(total)
+    for name in names:
+        video = root.video(name)
+        hist = np.zeros_like(total)
+        annotated = video.annotated()
+        if not annotated:
+            raise UserError("no annotated frame for this video", video.annotation_dir)
+        for _, gt_path in annotated:
+            gt = video.read_annotation(gt_path)
+            pred = read_prediction(results / name / gt_path.name, gt.shape)
+            hist += confusion_matrix(gt, pred)
+        total += hist
+        result.frames += len(annotated)
+        result.per_video[name] = summarise(hist)
+    provenance: dict = {"vip_root": str(root.root), "videos": names}
+    prop_file = results / PROVENANCE_FILE
+    if prop_file.is_file():
+        try:
+            provenance["propagation"] = json.loads(prop_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError("cannot read the run's provenance file", prop_file) from None
+    write_miou_results(results, result, provenance)
+    return result
+
+
+__all__ = [
+    "VipResult",
+    "class_iou",
+    "confusion_matrix",
+    "evaluate_vip",
+    "summarise",
+    "write_miou_results",
+]

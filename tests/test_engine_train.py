@@ -1,0 +1,204 @@
+"""The training engine and `timecycle train`: config layering, a few-step run that learns,
+exact resume, non-finite losses, warm-up, and the command line.
+
+Runs use the `small` preset at a tiny resolution (64 crop, 56 patch: 8 x 8 search and 7 x 7
+query features), batch 2, on generated translating-texture frame folders.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from timecycle.cli import main
+from timecycle.data import ClipDataset, build_index
+from timecycle.datasets.synthetic import write_training_videos
+from timecycle.engine import train as train_mod
+from timecycle.engine.checkpoint import load_checkpoint
+from timecycle.engine.config import PRESETS, TrainConfig, check_resumable, make_config
+from timecycle.engine.logging import read_metrics
+from timecycle.engine.train import train
+from timecycle.errors import UserError
+from timecycle.tracker import cut_patch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny steps gain little from two, and on a shared machine
+    two threads that wait on each other slow down many-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    write_training_videos(root, n_videos=4, seed=0, n_frames=20, height=72, width=88,
+                          kind="translating")
+    return root
+
+
+def tiny(data, out, **overrides):
+    base = dict(data=[str(data)], out=str(out), short_side=64, crop=64, patch=56, batch_size=2,
+                steps=4, workers=0, log_every=1, fps=None, progress=False, tensorboard=False,
+                deterministic=True)
+    return make_config("small", **{**base, **overrides})
+
+
+def params(run_dir):
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+# Config --------------------------------------------------------------------------------------
+
+
+def test_full_preset_is_the_paper():
+    c = PRESETS["full"]
+    assert (c.arch, c.crop, c.patch, c.short_side, c.batch_size) == ("resnet50", 240, 80, 256, 32)
+    assert (c.lr, c.betas, c.weight_decay, c.grad_clip) == (2e-4, (0.5, 0.999), 0.0, 10.0)
+    assert (c.epochs, c.steps, c.fps, c.loss) == (30.0, None, 12.0, "paper")
+
+
+def test_small_preset_geometry_fits_the_localizer():
+    c = PRESETS["small"]
+    assert c.arch == "resnet18" and (c.crop // 8, c.patch // 8) == (14, 7)
+
+
+def test_overrides_layer_on_the_preset_and_round_trip():
+    c = make_config("small", lr=1e-3, epochs=2.0, fps=None)
+    assert (c.lr, c.steps, c.epochs, c.fps, c.arch) == (1e-3, None, 2.0, None, "resnet18")
+    assert c.total_steps(n_videos=10) == 3  # ceil(2 epochs x 10 videos / batch 8)
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(UserError, match="multiple of 8"):
+        make_config("small", crop=100)
+    with pytest.raises(UserError, match="preset"):
+        make_config("huge")
+
+
+def test_resume_refuses_a_different_model():
+    saved = make_config("small")
+    assert check_resumable(saved, make_config("small", steps=900, workers=0)) == ["steps", "workers"]
+    with pytest.raises(UserError, match="arch"):
+        check_resumable(saved, make_config("small", arch="resnet50"))
+
+
+@pytest.mark.parametrize("loss", ["paper", "code"])
+def test_patch_is_cut_with_the_loss_presets_align_corners(data, tmp_path, loss):
+    config = tiny(data, tmp_path, loss=loss)
+    assert config.clip_config().align_corners == (loss == "code")
+    videos = build_index(data).videos
+    sample = ClipDataset(videos, config.clip_config(), seed=0)[0]
+    expected = cut_patch(sample["frames"][-1:], sample["theta_gt"][None], config.patch,
+                         align_corners=config.loss_config().align_corners)[0]
+    torch.testing.assert_close(sample["patch"], expected)
+
+
+# Training ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_short_run_lowers_the_loss(data, tmp_path):
+    # The small preset's lr (2e-4), paper loss, no warm-up. Seen: -2.88 -> -3.28.
+    run = train(tiny(data, tmp_path / "run", steps=12))
+    totals = [r["loss"] for r in read_metrics(run)]
+    assert len(totals) == 12
+    first, last = sum(totals[:5]) / 5, sum(totals[-5:]) / 5
+    assert last < first - 0.2, (first, last)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["resolved"]["total_steps"] == 12 and saved["train"]["crop"] == 64
+    assert (run / "video_index.json").is_file()
+    assert sorted(p.name for p in run.glob("*.pt")) == ["last.pt", "step-000012.pt"]
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_parameters_as_one_run(data, tmp_path):
+    whole = train(tiny(data, tmp_path / "whole", steps=6))
+    part = train(tiny(data, tmp_path / "part", steps=3))
+    assert load_checkpoint(part / "last.pt")["samples"] == 6
+    # Resume with DataLoader workers: the clip stream depends on the sample index only.
+    train(tiny(data, tmp_path / "part", steps=6, workers=2), resume=True)
+    a, b = params(whole), params(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in read_metrics(part)] == list(range(1, 7))
+    assert load_checkpoint(part / "last.pt")["samples"] == 12
+
+
+def test_existing_run_needs_resume(data, tmp_path):
+    train(tiny(data, tmp_path, steps=1))
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny(data, tmp_path, steps=2))
+    with pytest.raises(UserError, match="crop"):
+        train(tiny(data, tmp_path, steps=2, crop=72), resume=True)
+
+
+def test_nonfinite_losses_are_skipped_and_counted(data, tmp_path, monkeypatch):
+    real, calls = train_mod.total_loss, []
+
+    def nan_on_second(terms, config):
+        calls.append(1)
+        loss = real(terms, config)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train_mod, "total_loss", nan_on_second)
+    with pytest.warns(RuntimeWarning, match="step 2: non-finite loss"):
+        run = train(tiny(data, tmp_path, steps=3))
+    records = read_metrics(run)
+    assert [r["nonfinite"] for r in records] == [0, 1, 0]
+    assert records[1]["loss"] is None and records[2]["loss"] is not None
+    assert load_checkpoint(run / "last.pt")["nonfinite"] == 1
+
+
+def test_repeated_nonfinite_losses_stop_the_run(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "total_loss", lambda terms, config: terms["long"].sum() * torch.nan)
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(UserError, match="3 non-finite losses in a row"):
+            train(tiny(data, tmp_path, steps=10, max_nonfinite=3))
+
+
+def test_warmup_freezes_the_encoder_only(data, tmp_path):
+    run = train(tiny(data, tmp_path, steps=2, warmup_steps=2))
+    from timecycle.tracker import TimeCycle
+
+    config = tiny(data, tmp_path)
+    init = TimeCycle.build("resnet18", config.loss_config(), 64, 56, seed=0).state_dict()
+    after = params(run)
+    assert torch.equal(after["encoder.stem.0.weight"], init["encoder.stem.0.weight"])
+    assert not torch.equal(after["localizer.fc.weight"], init["localizer.fc.weight"])
+    # The encoder stays in train mode: BatchNorm keeps tracking the (frozen) features.
+    assert not torch.equal(after["encoder.stem.1.running_mean"], init["encoder.stem.1.running_mean"])
+    assert all(r["frozen"] for r in read_metrics(run))
+
+
+# Command line --------------------------------------------------------------------------------
+
+
+def test_cli_trains_and_resumes(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(out), "--preset", "small",
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--fps", "native",
+            "--quiet"]
+    assert main([*argv, "--steps", "2"]) == 0
+    for name in ("config.json", "metrics.jsonl", "last.pt", "video_index.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    config = json.loads((out / "config.json").read_text())["train"]
+    assert (config["preset"], config["arch"], config["fps"], config["steps"]) == (
+        "small", "resnet18", None, 2)
+    assert "trained to step 2" in capsys.readouterr().out
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 3
+    assert [r["step"] for r in read_metrics(out)] == [2, 3]  # small logs every 5, and at the end
+
+
+def test_cli_missing_data_is_one_line_exit_2(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"),
+                 "--preset", "small", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "no such data folder" in err and "nope" in err
