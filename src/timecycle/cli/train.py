@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--resume", action="store_true", help="continue RUN/last.pt")
     p.add_argument("--workers", type=int, help="DataLoader processes")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads of the training process (default: torch's choice)")
     p.add_argument("--save-every", type=int, help="steps between numbered checkpoints")
     p.add_argument("--log-every", type=int, help="steps per metrics.jsonl line")
     p.add_argument("--warmup-steps", type=int, help="first steps with the encoder frozen")
@@ -71,6 +73,7 @@ def config_from_args(args: argparse.Namespace):
         data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
         loss=args.loss, arch=args.arch, batch_size=args.batch_size, steps=args.steps,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,
+        threads=args.threads,
         save_every=args.save_every, log_every=args.log_every, warmup_steps=args.warmup_steps,
         seed=args.seed, lr=args.lr, deterministic=args.deterministic, progress=not args.quiet,
     )

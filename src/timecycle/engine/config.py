@@ -57,6 +57,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
     channels_last: bool = True  # CUDA only: the faster convolution layout on tensor cores
     workers: int = 8  # DataLoader processes (decoding is the CPU-heavy part)
+    threads: int | None = None  # CPU intra-op threads of the training process; None: torch's
     seed: int = 0  # model initialisation and the clip stream
     deterministic: bool = False  # deterministic kernels: same seed -> same parameters (CPU)
     save_every: int = 1000  # steps between numbered checkpoints (and at the end)
@@ -86,6 +87,8 @@ class TrainConfig:
             raise UserError(f"epochs must be > 0, got {self.epochs}")
         if self.lr <= 0 or self.workers < 0 or self.warmup_steps < 0:
             raise UserError("need lr > 0, workers >= 0 and warmup_steps >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"threads must be >= 1, got {self.threads}")
         for size in ("crop", "patch"):
             if getattr(self, size) % 8:
                 raise UserError(f"{size} ({getattr(self, size)}) must be a multiple of 8 "

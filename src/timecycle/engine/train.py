@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from timecycle.data import ClipDataset, VideoRecord, build_index, make_loader
 from timecycle.datasets.io import write_json_atomic
@@ -160,8 +161,43 @@ def train(config: TrainConfig, resume: bool = False,
                         "or choose another --out", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    with _determinism(config.deterministic, device):
-        return _run(config, run_dir, device, state, stop)
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        with _determinism(config.deterministic, device):
+            return _run(config, run_dir, device, state, stop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class Counters:
+    """What a checkpoint restores besides the model, optimiser and RNG states."""
+
+    step: int = 0  # batches processed (skipped non-finite ones included)
+    samples: int = 0  # global index of the next clip: start + steps x batch x world size
+    nonfinite: int = 0  # skipped steps so far
+
+
+def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device,
+           state: dict | None) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
+    """The model and Adam on `device`, from scratch (seeded) or from a checkpoint `state`."""
+    model = TimeCycle.build(config.arch, loss_config, config.crop, config.patch, config.seed)
+    model.to(device)
+    if device.type == "cuda" and config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                 weight_decay=config.weight_decay)
+    if state is None:
+        return model, optimizer, Counters()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr  # a resumed run may change the learning rate
+    ckpt.set_rng_state(state["rng"])
+    return model, optimizer, Counters(int(state["step"]), int(state["samples"]),
+                                      int(state.get("nonfinite", 0)))
 
 
 def _run(config: TrainConfig, run_dir: Path, device: torch.device, state: dict | None,
@@ -169,115 +205,92 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, state: dict |
     rank, world_size = 0, 1  # the distributed launcher will set these
     is_main = rank == 0
     _seed_all(config.seed)
-    loss_config = config.loss_config()
-    clip_config = config.clip_config()
+    loss_config, clip_config = config.loss_config(), config.clip_config()
     dataset = ClipDataset(index_videos(config.data, run_dir, config.workers), clip_config,
                           seed=config.seed)
     n_videos = len(dataset.videos)
     total_steps = config.total_steps(n_videos, world_size)
     clips_per_step = config.batch_size * world_size
-
-    model = TimeCycle.build(config.arch, loss_config, config.crop, config.patch, config.seed)
-    cuda = device.type == "cuda"
     amp_dtype = torch.bfloat16 if config.precision == "bf16" or (
-        config.precision == "auto" and cuda) else None
-    model.to(device)
-    if cuda and config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 weight_decay=config.weight_decay)
-    step, samples, nonfinite_total = 0, 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr  # a resumed run may change the learning rate
-        step, samples = int(state["step"]), int(state["samples"])
-        nonfinite_total = int(state.get("nonfinite", 0))
-        ckpt.set_rng_state(state["rng"])
+        config.precision == "auto" and device.type == "cuda") else None
+    model, optimizer, n = _build(config, loss_config, device, state)
     env = environment(device)
     if is_main:
         write_json_atomic(run_dir / "config.json", {
             "train": config.to_dict(),
-            "resolved": {"total_steps": total_steps, "n_videos": n_videos, "start_step": step,
+            "resolved": {"total_steps": total_steps, "start_step": n.step, "n_videos": n_videos,
+                         "clips_per_epoch": n_videos * config.clips_per_video,
                          "device": str(device), "precision": str(amp_dtype or "fp32"),
-                         "world_size": world_size, "clips_per_epoch":
-                         n_videos * config.clips_per_video},
-            "clip": asdict(clip_config),
-            "loss": asdict(loss_config),
-            "environment": env,
+                         "world_size": world_size},
+            "clip": asdict(clip_config), "loss": asdict(loss_config), "environment": env,
         })
-    if step >= total_steps:
+    if n.step >= total_steps:
         return run_dir
 
-    loader = make_loader(dataset, config.batch_size, config.workers, start_index=samples,
-                         seed=config.seed, rank=rank, world_size=world_size,
-                         total=samples + (total_steps - step) * clips_per_step)
-    log = MetricsLog(run_dir, step, config.tensorboard, enabled=is_main)
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and is_main),
-               unit="step", dynamic_ncols=True)
-
-    def save(numbered: bool = True) -> None:
+    def save(numbered: bool) -> None:
         if is_main:
             ckpt.save_checkpoint(run_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "samples": samples, "nonfinite": nonfinite_total,
+                "step": n.step, "samples": n.samples, "nonfinite": n.nonfinite,
                 "rng": ckpt.rng_state(), "config": config.to_dict(), "environment": env,
-            }, step, config.keep_last, numbered)
+            }, n.step, config.keep_last, numbered)
 
+    loader = make_loader(dataset, config.batch_size, config.workers, start_index=n.samples,
+                         seed=config.seed, rank=rank, world_size=world_size,
+                         total=n.samples + (total_steps - n.step) * clips_per_step)
+    log = MetricsLog(run_dir, n.step, config.tensorboard, enabled=is_main)
+    bar = tqdm(total=total_steps, initial=n.step, disable=not (config.progress and is_main),
+               unit="step", dynamic_ncols=True)
     model.train()
-    frozen = None
-    consecutive = 0
-    meter = Meter()
-    saved_at = step
+    frozen, consecutive, meter = None, 0, Meter()
     t_wait = time.perf_counter()
     try:
         for batch in loader:
             data_wait = time.perf_counter() - t_wait
-            if frozen != (step < config.warmup_steps):
-                frozen = step < config.warmup_steps
+            if frozen != (n.step < config.warmup_steps):
+                frozen = n.step < config.warmup_steps
                 model.set_encoder_trainable(not frozen)
             result = train_step(model, optimizer, batch, loss_config, config.grad_clip,
                                 device, amp_dtype)
-            step += 1
-            samples += clips_per_step
+            n.step += 1
+            n.samples += clips_per_step
             meter.add(result.values, clips_per_step, data_wait)
+            consecutive = 0 if result.values is not None else consecutive + 1
             if result.values is None:
-                nonfinite_total += 1
-                consecutive += 1
-                warnings.warn(f"step {step}: non-finite loss {result.loss.item()}, update skipped "
-                              f"({consecutive} in a row, {nonfinite_total} in all)",
-                              RuntimeWarning, stacklevel=2)
-                if consecutive >= config.max_nonfinite:
-                    raise UserError(
-                        f"stopped at step {step}: {consecutive} non-finite losses in a row; "
-                        f"the last finite model is in {run_dir / ckpt.LAST} if one was saved. "
-                        "Try a lower --lr, --warmup-steps, or --loss code")
-            else:
-                consecutive = 0
-            if step % config.log_every == 0 or step == total_steps:
-                record = {"step": step, "epoch": samples / (n_videos * config.clips_per_video),
-                          "samples": samples, **meter.summary(),
+                n.nonfinite += 1
+                _nonfinite(n, consecutive, result.loss, config.max_nonfinite, run_dir)
+            last = n.step == total_steps
+            if n.step % config.log_every == 0 or last:
+                record = {"step": n.step, "epoch": n.samples / (n_videos * config.clips_per_video),
+                          "samples": n.samples, **meter.summary(),
                           "lr": optimizer.param_groups[0]["lr"], "frozen": bool(frozen)}
                 log.write(record)
                 bar.set_postfix(loss=_fmt(record["loss"]), clips_s=f"{record['clips_per_s']:.1f}")
                 meter.reset()
             bar.update(1)
             stopping = stop is not None and stop.is_set()
-            if step % config.save_every == 0 or step == total_steps or stopping:
-                save(numbered=step % config.save_every == 0 or step == total_steps)
-                saved_at = step
+            if n.step % config.save_every == 0 or last or stopping:
+                save(numbered=n.step % config.save_every == 0 or last)
             if stopping:
                 break
             t_wait = time.perf_counter()
-        if saved_at != step:  # the loader ran dry early (cannot happen with a finite total)
-            save()
     finally:
         bar.close()
         log.close()
     return run_dir
+
+
+def _nonfinite(n: Counters, consecutive: int, loss: torch.Tensor, limit: int,
+               run_dir: Path) -> None:
+    """Warn about a skipped step; stop the run after `limit` of them in a row."""
+    warnings.warn(f"step {n.step}: non-finite loss {loss.item()}, update skipped "
+                  f"({consecutive} in a row, {n.nonfinite} in all)", RuntimeWarning,
+                  stacklevel=3)
+    if consecutive >= limit:
+        raise UserError(
+            f"stopped at step {n.step}: {consecutive} non-finite losses in a row (the "
+            f"parameters were not updated by them; {run_dir / ckpt.LAST} holds the last saved "
+            "state, if any). Try a lower --lr, --warmup-steps N, or --loss code")
 
 
 def _fmt(x: float | None) -> str:

@@ -7,7 +7,6 @@ predictions again and rewrites the result files, so a result never describes old
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from timecycle.datasets.davis import DavisRoot, DavisSequence
 from timecycle.datasets.io import read_mask
 from timecycle.errors import UserError
 from timecycle.metrics.davis import count_objects, evaluate_sequence, summarise, write_results
-from timecycle.propagation.davis import PROVENANCE_FILE
+from timecycle.propagation.results import read_provenance
 
 
 def _read_pair(seq: DavisSequence, gt_path: Path, results: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -73,12 +72,9 @@ def evaluate_davis(
                 raise UserError(str(err), results / name) from None
     global_row, rows = summarise(per_sequence)
     provenance = {"davis_root": str(root.root), "year": root.year, "sequences": names}
-    prop_file = results / PROVENANCE_FILE
-    if prop_file.is_file():
-        try:
-            provenance["propagation"] = json.loads(prop_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError("cannot read the run's provenance file", prop_file) from None
+    recorded = read_provenance(results)
+    if recorded is not None:
+        provenance["propagation"] = recorded
     write_results(results, global_row, rows, provenance)
     seq_means = {
         n: float((np.nanmean(r["J"], axis=1).mean() + np.nanmean(r["F"], axis=1).mean()) / 2)

@@ -20,7 +20,6 @@ count (the extra frames are ignored, as in the reference), not fall short of it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +30,10 @@ import numpy as np
 from timecycle.datasets.io import write_json_atomic, write_text_atomic
 from timecycle.datasets.jhmdb import JOINT_NAMES, N_JOINTS, JhmdbRoot, read_joints
 from timecycle.errors import UserError
+from timecycle.propagation.results import read_provenance
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)  # CRW eval_pck.py: rng = [0.1, 0.2, 0.3, 0.4, 0.5]
 BOX_SCALE = 0.6  # eval_pck.py: now_boxes[k] = 0.6 * norm([maxx, maxy] - [minx, miny])
-PROVENANCE_FILE = "propagation.json"
 RESULT_FILES = ("pck.csv", "pck_per_video.csv", "pck.json")
 
 
@@ -180,12 +179,9 @@ def evaluate_jhmdb(
         pairs[name] = (read_prediction(results / f"{name}.npy", len(gt)), gt)
     result = score_videos(pairs, alphas)
     provenance: dict = {"jhmdb_root": str(root.root), "videos": names}
-    prop_file = results / PROVENANCE_FILE
-    if prop_file.is_file():
-        try:
-            provenance["propagation"] = json.loads(prop_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError("cannot read the run's provenance file", prop_file) from None
+    recorded = read_provenance(results)
+    if recorded is not None:
+        provenance["propagation"] = recorded
     write_pck_results(results, result, provenance)
     return result
 

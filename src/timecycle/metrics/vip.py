@@ -26,8 +26,8 @@ from PIL import Image
 from timecycle.datasets.io import read_mask, write_json_atomic, write_text_atomic
 from timecycle.datasets.vip import CLASSES, N_CLASSES, VipRoot
 from timecycle.errors import UserError
+from timecycle.propagation.results import read_provenance
 
-PROVENANCE_FILE = "propagation.json"
 RESULT_FILES = ("miou.csv", "miou.json")
 
 
@@ -147,12 +147,9 @@ def evaluate_vip(root: VipRoot, results_dir: str | Path, names: list[str]) -> Vi
         result.frames += len(annotated)
         result.per_video[name] = summarise(hist)
     provenance: dict = {"vip_root": str(root.root), "videos": names}
-    prop_file = results / PROVENANCE_FILE
-    if prop_file.is_file():
-        try:
-            provenance["propagation"] = json.loads(prop_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise UserError("cannot read the run's provenance file", prop_file) from None
+    recorded = read_provenance(results)
+    if recorded is not None:
+        provenance["propagation"] = recorded
     write_miou_results(results, result, provenance)
     return result
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from timecycle.datasets.io import atomic_path, write_json_atomic
+from timecycle.datasets.io import atomic_path
 from timecycle.datasets.jhmdb import JhmdbRoot, JhmdbVideo
-from timecycle.metrics.jhmdb import PROVENANCE_FILE, RESULT_FILES
-from timecycle.propagation.davis import RunStats, SequenceStats
+from timecycle.metrics.jhmdb import RESULT_FILES
+from timecycle.propagation.results import RunStats, SequenceStats, finish_results, start_results
 from timecycle.propagation.keypoints import propagate_keypoints
 from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
@@ -65,10 +65,7 @@ def propagate_jhmdb(
     progress: bool = True,
 ) -> RunStats:
     """Propagate every video in `names`; write the predictions, then `propagation.json`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (PROVENANCE_FILE, *RESULT_FILES):
-        (out_dir / name).unlink(missing_ok=True)
+    out_dir = start_results(out_dir, RESULT_FILES)
     videos = [root.video(n) for n in names]
     truth = [v.joints() for v in videos]  # every .mat is checked before any work starts
     stats = RunStats()
@@ -79,13 +76,7 @@ def propagate_jhmdb(
         stats.sequences.append(
             SequenceStats(video.name, len(video.frames), time.perf_counter() - start, gt.shape[1])
         )
-    record = dict(provenance)
-    record["readout"] = readout.to_dict()
-    record["videos"] = [s.__dict__ for s in stats.sequences]
-    record["frames"] = stats.frames
-    record["seconds"] = round(stats.seconds, 3)
-    record["frames_per_second"] = round(stats.frames / max(stats.seconds, 1e-9), 3)
-    write_json_atomic(out_dir / PROVENANCE_FILE, record)
+    finish_results(out_dir, {**provenance, "readout": readout.to_dict()}, stats, key="videos")
     return stats
 
 

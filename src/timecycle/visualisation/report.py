@@ -31,8 +31,8 @@ from timecycle import __version__
 from timecycle.datasets.io import IMAGE_SUFFIXES, read_frame, read_mask, write_text_atomic
 from timecycle.errors import UserError
 from timecycle.visualisation.overlay import fit_pair, fit_width, overlay_mask, write_animation
+from timecycle.propagation.results import PROVENANCE_FILE  # written last by every run
 
-PROVENANCE_FILE = "propagation.json"  # written last by every `timecycle propagate` run
 REPORT_DIR = "report"
 
 
