@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -133,10 +135,6 @@ def _determinism(enabled: bool, device: torch.device):
 
 
 def _seed_all(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
