@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 from timecycle.datasets.davis import DavisRoot
-from timecycle.datasets.io import read_frame, read_mask, write_json_atomic, write_mask
+from timecycle.datasets.io import read_frame, read_mask, write_json_atomic, write_mask, write_text_atomic
 from timecycle.errors import UserError
 
 SEQUENCE = "clip"  # the user's clip, laid out as a one-sequence DAVIS root
@@ -31,12 +31,13 @@ SEQUENCE = "clip"  # the user's clip, laid out as a one-sequence DAVIS root
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    steps: int = 240  # training steps of the small preset: about 2-3 minutes on 2 CPU cores
+    steps: int = 100  # training steps of the small preset: about 2-3 minutes on 2 CPU cores
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"
     seed: int = 0
     protocol: str = "crw"
+    loss: str = "code"  # the public code's objective: the paper's similarity term can collapse
     video: str | None = None  # a user's clip instead of the synthetic set
     mask: str | None = None
     weights: str | None = None  # a trained checkpoint: skip training
@@ -101,7 +102,7 @@ def _train(cfg: DemoConfig, data: Path, out: Path) -> Path:
     shutil.rmtree(run, ignore_errors=True)
     config = make_config("small", data=[str(data)], out=str(run), steps=cfg.steps,
                          batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
-                         seed=cfg.seed, fps=None)
+                         seed=cfg.seed, fps=None, loss=cfg.loss)
     train(config)
     return run / "last.pt"
 
@@ -167,31 +168,33 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _report(out: Path, scores: dict[str, float | None], root: DavisRoot) -> Path:
-    """Per-run reports plus an index page linking them (and the training curves)."""
-    links = []
-    try:
-        from timecycle.visualisation.report import write_report
-    except ImportError:
-        write_report = None
+    """An index page: the scores of each encoder as a table and a bar chart, linking each
+    run's own report (animated overlays, per-sequence scores) and the training curves."""
+    import html
+
+    from timecycle.visualisation.curves import write_training_report
+    from timecycle.visualisation.report import PAGE_CSS, bar_chart_svg, write_report
+
+    rows = ["<tr><th>encoder</th><th>J&amp;F-Mean</th><th>report</th></tr>"]
     for label, jf in scores.items():
-        res = out / "results" / label
-        page = write_report(res, root=root.root) if write_report else None
-        score = "" if jf is None else f" J&amp;F {jf:.3f}"
-        href = page.relative_to(out).as_posix() if page else (res.relative_to(out).as_posix() + "/")
-        links.append(f'<li><a href="{href}">{label}</a>{score}</li>')
+        page = write_report(out / "results" / label, root=root.root)
+        href = html.escape(page.relative_to(out).as_posix())
+        score = "-" if jf is None else f"{jf:.3f}"
+        rows.append(f'<tr><td>{html.escape(label)}</td><td>{score}</td>'
+                    f'<td><a href="{href}">overlays and per-sequence scores</a></td></tr>')
+    table = "<table>" + "".join(rows) + "</table>"
+    parts = [f"<!doctype html><meta charset='utf-8'><title>timecycle demo</title><style>{PAGE_CSS}</style>",
+             "<h1>timecycle demo</h1>",
+             "<p>Label propagation of first-frame masks (crw protocol) on synthetic sequences the "
+             "encoder never saw, scored with the DAVIS J&amp;F.</p>", table]
+    if all(v is not None for v in scores.values()):
+        parts.append(bar_chart_svg({k: float(v) for k, v in scores.items()}, "J&F-Mean"))
     run = out / "train"
     if (run / "metrics.jsonl").is_file():
-        try:
-            from timecycle.visualisation.curves import write_training_report
-
-            page = write_training_report(run)
-            links.append(f'<li><a href="{page.relative_to(out).as_posix()}">training curves</a></li>')
-        except ImportError:
-            pass
-    html = ("<!doctype html><meta charset='utf-8'><title>timecycle demo</title>"
-            "<h1>timecycle demo</h1><ul>" + "".join(links) + "</ul>")
+        page = write_training_report(run)
+        parts.append(f'<p><a href="{html.escape(page.relative_to(out).as_posix())}">training curves and configuration</a></p>')
     index = out / "index.html"
-    index.write_text(html)
+    write_text_atomic(index, "\n".join(parts))
     return index
 
 

@@ -8,9 +8,11 @@ import argparse
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train briefly, propagate, evaluate and report on embedded synthetic video")
     p.add_argument("--out", default="demo-out", help="output folder (report at OUT/index.html)")
-    p.add_argument("--steps", type=int, default=240, help="training steps (default 240)")
+    p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
     p.add_argument("--device", default="auto")
     p.add_argument("--protocol", default="crw", help="propagation protocol (default crw)")
+    p.add_argument("--loss", default="code", choices=("paper", "code"),
+                   help="training objective (default code, see README)")
     p.add_argument("--video", help="your own clip: a video file or a folder of frames")
     p.add_argument("--mask", help="the first-frame mask of --video (palettised or greyscale PNG of ids)")
     p.add_argument("--weights", help="a trained checkpoint to use instead of training")
@@ -22,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
     from timecycle.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=args.out, steps=args.steps, device=args.device, seed=args.seed,
-                        protocol=args.protocol, video=args.video, mask=args.mask,
+                        protocol=args.protocol, loss=args.loss, video=args.video, mask=args.mask,
                         weights=args.weights))
     return 0

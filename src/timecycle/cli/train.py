@@ -1,17 +1,26 @@
 """`timecycle train`: learn an encoder by cycle-consistency on a folder of unlabeled videos.
 
     timecycle train --data DIR --out RUN --preset small            # a few minutes on a CPU
-    timecycle train --data DIR [--data DIR2] --out RUN             # the paper's recipe
-    timecycle train --out RUN --resume --steps 2000                # continue RUN/last.pt
+    timecycle train --data DIR [--data DIR2] --out RUN             # the paper's recipe, 1 GPU
+    timecycle train --data DIR --out RUN --batch-size 8 --accum 4  # batch 32 in less memory
+    torchrun --standalone --nproc_per_node=8 -m timecycle train --data DIR --out RUN --batch-size 4
+    timecycle train --out RUN --resume --steps 2000                # continue the newest checkpoint
+
+The effective batch is --batch-size x --accum x processes (the paper: 32). Several nodes and
+SLURM: see the README's Training section and timecycle/engine/train.py.
 
 The config is the preset, then the flags given; with --resume it is the run's saved config,
-then the flags given (steps, device, workers, logging and lr may change; the model and the
+then the flags given (steps, device, workers, logging, lr, accum may change; the model and the
 clip stream may not).
+
+SIGTERM or SIGUSR1 finish the current step, save RUN/last.pt and exit with status 75
+(EX_TEMPFAIL); `--resume` continues. Ctrl-C stops at once (status 130); a user error exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -40,18 +49,31 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=PRESETS, help="full (the paper, default) or small (CPU)")
     p.add_argument("--loss", choices=LOSSES, help="paper (default) or code (public code)")
     p.add_argument("--arch", choices=("resnet50", "resnet18"))
-    p.add_argument("--batch-size", type=int, help="clips per step (full: 32)")
+    p.add_argument("--short-side", type=int, metavar="PX", help="frames resized to (full: 256)")
+    p.add_argument("--crop", type=int, metavar="PX", help="training crop (full: 240)")
+    p.add_argument("--patch", type=int, metavar="PX", help="target patch (full: 80)")
+    p.add_argument("--batch-size", type=int,
+                   help="clips per process and micro-batch (full: 32 = the paper's batch)")
+    p.add_argument("--accum", type=int, metavar="N",
+                   help="micro-batches per step (gradient accumulation); effective batch = "
+                        "batch-size x accum x processes")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
     length.add_argument("--epochs", type=float,
                         help="passes of clips-per-video clips of every video (full: 30)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--resume", action="store_true", help="continue RUN/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest complete checkpoint of RUN")
     p.add_argument("--workers", type=int, help="DataLoader processes")
     p.add_argument("--threads", type=int,
                    help="CPU threads of the training process (default: torch's choice)")
-    p.add_argument("--save-every", type=int, help="steps between numbered checkpoints")
+    p.add_argument("--save-every", type=int, metavar="N",
+                   help="steps between numbered checkpoints (full: 1000)")
+    p.add_argument("--save-minutes", type=float, metavar="M",
+                   help="also refresh last.pt every M minutes (default 10; 0: off)")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="several GPUs: BatchNorm statistics over all GPUs (SyncBatchNorm)")
     p.add_argument("--log-every", type=int, help="steps per metrics.jsonl line")
     p.add_argument("--warmup-steps", type=int, help="first steps with the encoder frozen")
     p.add_argument("--seed", type=int)
@@ -65,13 +87,15 @@ def register(sub) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The resolved TrainConfig: preset (or the resumed run's config), then the given flags."""
-    from timecycle.engine.checkpoint import LAST, load_checkpoint
+    from timecycle.engine.checkpoint import latest_checkpoint
     from timecycle.engine.config import TrainConfig, apply_overrides, make_config
     from timecycle.errors import UserError
 
     overrides = dict(
         data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
-        loss=args.loss, arch=args.arch, batch_size=args.batch_size, steps=args.steps,
+        loss=args.loss, arch=args.arch, short_side=args.short_side, crop=args.crop,
+        patch=args.patch, batch_size=args.batch_size, accum=args.accum,
+        steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,
         threads=args.threads,
         save_every=args.save_every, log_every=args.log_every, warmup_steps=args.warmup_steps,
@@ -81,7 +105,9 @@ def config_from_args(args: argparse.Namespace):
     if args.fps is not None:
         overrides["fps"] = args.fps or None  # 'native' (0) -> None: no resampling
     if args.resume:
-        saved = TrainConfig.from_dict(load_checkpoint(Path(args.out) / LAST)["config"])
+        # Damaged files are reported once, by the engine, when it picks the same checkpoint.
+        _, state = latest_checkpoint(args.out, report=False)
+        saved = TrainConfig.from_dict(state["config"])
         if args.preset and args.preset != saved.preset:
             raise UserError(f"--preset {args.preset} given, but the run was made with "
                             f"--preset {saved.preset}; leave --preset out when resuming")
@@ -92,16 +118,31 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from timecycle.engine.distributed import world_from_env
     from timecycle.engine.logging import read_metrics
-    from timecycle.engine.train import train
+    from timecycle.engine.signals import EXIT_STOPPED, stop_on_signals
+    from timecycle.engine.train import run_training
 
     config = config_from_args(args)
-    run_dir = train(config, resume=args.resume)
-    records = [r for r in read_metrics(run_dir) if r.get("loss") is not None]
+    world = world_from_env()
+    who = f"timecycle (rank {world.rank})" if world.distributed else "timecycle"
+    with stop_on_signals(announce=who) as stop:
+        outcome = run_training(config, resume=args.resume, stop=stop)
+    last = outcome.run_dir / "last.pt"
+    if outcome.stopped:
+        cause = stop.signal_name or "another process's stop signal"
+        print(f"{who}: stopped by {cause} after step {outcome.step} of {outcome.total_steps}; "
+              f"saved {last}. Continue with: timecycle train --out {outcome.run_dir} --resume "
+              f"(exit status {EXIT_STOPPED})", file=sys.stderr)
+        return EXIT_STOPPED
+    if not world.is_main:
+        return 0
+    records = [r for r in read_metrics(outcome.run_dir) if r.get("loss") is not None]
     if records:
-        first, last = records[0], records[-1]
-        print(f"trained to step {last['step']}: loss {first['loss']:.4f} (step {first['step']}) "
-              f"-> {last['loss']:.4f}, {last['clips_per_s']:.2f} clips/s -> {run_dir / 'last.pt'}")
+        first, final = records[0], records[-1]
+        print(f"trained to step {final['step']}: loss {first['loss']:.4f} (step "
+              f"{first['step']}) -> {final['loss']:.4f}, {final['clips_per_s']:.2f} clips/s "
+              f"-> {last}")
     else:
-        print(f"done -> {run_dir / 'last.pt'}")
+        print(f"done -> {last}")
     return 0

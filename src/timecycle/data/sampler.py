@@ -1,19 +1,23 @@
 """A resumable index stream and the training DataLoader (SPEC 5).
 
 `ClipDataset` is index-deterministic (sample i depends on (seed, i) only), so the whole state
-of the data pipeline is one integer: the global index of the next sample. Rank r of a
-world_size-process run reads start + r, start + r + world_size, ...; together the ranks read
-start, start + 1, ... exactly once, whatever world_size is.
+of the data pipeline is one integer: the global index of the next sample. The ranks of a
+world_size-process run deal the stream out in blocks of `block` consecutive indices, round
+robin: rank r reads blocks r, r + world_size, ... of start, start + 1, ...; together the ranks
+read every index exactly once, whatever world_size is. With block = the batch size each batch
+is one run of consecutive clips, so a step of W processes x A accumulated micro-batches reads
+the same batches as any other split of W x A (train.py relies on it).
 
 Resuming: the DataLoader prefetches, so the sampler cannot know how many samples were
 *consumed*. The engine does: after `steps` optimiser steps since `start`, the next global index
-is start + steps * batch_size * world_size; store that and `set_start` it on resume.
+is start + steps x (the clips of one step, all processes); store that and `set_start` it.
 """
 
 from __future__ import annotations
 
 import functools
 import random
+import signal
 from collections.abc import Iterator
 
 import cv2
@@ -23,18 +27,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    """Yields global sample indices start + rank, start + rank + world_size, ...
+    """Yields this rank's global sample indices: start + (k x world_size + rank) x block + j
+    for k = 0, 1, ... and j < block. block=1: start + rank, start + rank + world_size, ...
 
     total: stop before this global index (None: an endless stream, and len() is undefined).
     """
 
     def __init__(self, start: int = 0, rank: int = 0, world_size: int = 1,
-                 total: int | None = None):
+                 total: int | None = None, block: int = 1):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank ({rank}) < world_size ({world_size})")
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
+        if start < 0 or block < 1:
+            raise ValueError(f"need start >= 0 and block >= 1, got {start} and {block}")
         self.start, self.rank, self.world_size, self.total = int(start), rank, world_size, total
+        self.block = block
 
     def set_start(self, n: int) -> None:
         """Next iteration starts at global sample index n (takes effect on the next iter())."""
@@ -43,16 +49,19 @@ class ResumableSampler(Sampler[int]):
         self.start = int(n)
 
     def __iter__(self) -> Iterator[int]:
-        i = self.start + self.rank
-        while self.total is None or i < self.total:
-            yield i
-            i += self.world_size
+        first = self.start + self.rank * self.block
+        stride = self.world_size * self.block
+        while self.total is None or first < self.total:
+            end = first + self.block if self.total is None else min(first + self.block, self.total)
+            yield from range(first, end)
+            first += stride
 
     def __len__(self) -> int:
         if self.total is None:
             raise TypeError("an endless ResumableSampler (total=None) has no length")
-        first = self.start + self.rank
-        return max(0, -(-(self.total - first) // self.world_size))
+        span = max(0, self.total - self.start)
+        rounds, rest = divmod(span, self.world_size * self.block)
+        return rounds * self.block + min(max(rest - self.rank * self.block, 0), self.block)
 
     def state_dict(self) -> dict:
         """{"start": global index}: rank and world size are not state (a resume may change
@@ -64,11 +73,17 @@ class ResumableSampler(Sampler[int]):
 
 
 def seed_worker(seed: int, rank: int, worker_id: int) -> None:
-    """DataLoader worker_init_fn: seed torch, numpy and random from (seed, rank, worker_id).
+    """DataLoader worker_init_fn: seed torch, numpy and random from (seed, rank, worker_id),
+    and ignore the stop signals.
 
     ClipDataset does not use these generators (its samples are seeded by index); this is for
     anything else a worker runs. (OpenCV's threads are set in `make_loader`, not here.)
+    A scheduler may signal the whole process group (SLURM does): the training process then
+    finishes its step and saves (engine/signals.py), which needs its workers alive. Workers
+    still end with the loader, or when the training process dies (DataLoader's watchdog).
     """
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2)
     torch.manual_seed(int(state[0]))
     np.random.seed(int(state[1]))
@@ -86,16 +101,17 @@ def make_loader(
     pin_memory: bool | None = None,
     total: int | None = None,
     prefetch_factor: int = 4,
+    block: int = 1,
 ) -> DataLoader:
     """A DataLoader over `dataset` reading global indices from `start_index` on (this rank's
-    share), in batches of `batch_size` per rank.
+    share, dealt in blocks of `block`: see `ResumableSampler`), in batches of `batch_size`.
 
     Workers persist across iterations and prefetch `prefetch_factor` batches each; memory is
     pinned when CUDA is available (pin_memory=None). The sampler is `loader.sampler`
     (a ResumableSampler). Batches are incomplete only at the end of a finite `total`; the last
     one is dropped so every batch has `batch_size` samples.
     """
-    sampler = ResumableSampler(start_index, rank, world_size, total)
+    sampler = ResumableSampler(start_index, rank, world_size, total, block)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     extra = {}

@@ -7,6 +7,11 @@ written to RUN/config.json and stored in every checkpoint as a plain dict.
 Epochs: an epoch is `clips_per_video` clips of every usable video (the paper's VLOG epoch is
 one clip per clip of the corpus, SPEC 5, and `ClipDataset` draws the videos of each epoch as
 one permutation). `steps` overrides `epochs` when set.
+
+Batch: `batch_size` clips per process and micro-batch; a step reads batch_size x accum x
+processes clips (the effective batch, SPEC 5: 32). One GPU: `--batch-size 32`, or
+`--batch-size 8 --accum 4` when 32 clips do not fit; 8 GPUs: `--batch-size 4`. BatchNorm
+normalises over one micro-batch of one process (batch_size x 5 frames), unless `sync_bn`.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ class TrainConfig:
     fps: float | None = 12.0  # SPEC 5: the paper sampled VLOG at 12 fps; None = native rate
 
     # Optimisation (SPEC 5).
-    batch_size: int = 32  # SPEC 5: 32 (paper; the public code used 36), per process
+    batch_size: int = 32  # SPEC 5: 32 (paper; the public code used 36), per process and step
+    accum: int = 1  # micro-batches per step: the effective batch is batch_size x accum x GPUs
     lr: float = 2e-4  # SPEC 5: Adam, constant learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # SPEC 5
     weight_decay: float = 0.0  # SPEC 5: none
@@ -58,9 +64,11 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only: the faster convolution layout on tensor cores
     workers: int = 8  # DataLoader processes (decoding is the CPU-heavy part)
     threads: int | None = None  # CPU intra-op threads of the training process; None: torch's
-    seed: int = 0  # model initialisation and the clip stream
+    seed: int = 0  # model initialisation and the clip stream (process r seeds seed + r)
+    sync_bn: bool = False  # CUDA, several GPUs: BatchNorm statistics over all GPUs' clips
     deterministic: bool = False  # deterministic kernels: same seed -> same parameters (CPU)
     save_every: int = 1000  # steps between numbered checkpoints (and at the end)
+    save_minutes: float = 10.0  # also refresh last.pt when this long since the last save; 0: off
     keep_last: int = 3  # numbered checkpoints kept besides last.pt
     log_every: int = 10  # steps per metrics.jsonl line
     max_nonfinite: int = 20  # consecutive non-finite losses that stop the run
@@ -76,7 +84,7 @@ class TrainConfig:
             raise UserError(f"unknown --loss {self.loss!r}; choose from {', '.join(LOSS_PRESETS)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
-        positive = ("batch_size", "save_every", "keep_last", "log_every", "max_nonfinite",
+        positive = ("batch_size", "accum", "save_every", "keep_last", "log_every", "max_nonfinite",
                     "clips_per_video")
         for name in positive:
             if getattr(self, name) < 1:
@@ -85,8 +93,8 @@ class TrainConfig:
             raise UserError(f"steps must be >= 1, got {self.steps}")
         if self.steps is None and not self.epochs > 0:
             raise UserError(f"epochs must be > 0, got {self.epochs}")
-        if self.lr <= 0 or self.workers < 0 or self.warmup_steps < 0:
-            raise UserError("need lr > 0, workers >= 0 and warmup_steps >= 0")
+        if self.lr <= 0 or self.workers < 0 or self.warmup_steps < 0 or self.save_minutes < 0:
+            raise UserError("need lr > 0, workers >= 0, warmup_steps >= 0 and save_minutes >= 0")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
         for size in ("crop", "patch"):
@@ -108,12 +116,16 @@ class TrainConfig:
         return ClipConfig(short_side=self.short_side, crop=self.crop, patch=self.patch,
                           fps=self.fps, align_corners=self.loss_config().align_corners)
 
+    def clips_per_step(self, world_size: int = 1) -> int:
+        """The effective batch: batch_size clips x accum micro-batches x world_size processes."""
+        return self.batch_size * self.accum * world_size
+
     def total_steps(self, n_videos: int, world_size: int = 1) -> int:
         """`steps`, or the iterations that read `epochs` x n_videos x clips_per_video clips."""
         if self.steps is not None:
             return self.steps
         clips = self.epochs * n_videos * self.clips_per_video
-        return max(1, math.ceil(clips / (self.batch_size * world_size)))
+        return max(1, math.ceil(clips / self.clips_per_step(world_size)))
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (also what a checkpoint stores)."""

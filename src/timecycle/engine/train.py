@@ -6,29 +6,60 @@
     run = train(make_config("small", data=["videos/"], out="runs/small", steps=300))
     # run / "last.pt" loads with `timecycle propagate davis --weights run/last.pt`
 
-Launch recipes:
-    one CPU or GPU:  timecycle train --data DIR --out RUN [--preset small]
-    resume:          timecycle train --data DIR --out RUN --resume [--steps N]
+Launch recipes. The effective batch (SPEC 5: 32) is --batch-size x --accum x processes:
+    one CPU or GPU:    timecycle train --data DIR --out RUN [--batch-size 8 --accum 4]
+    one node, 8 GPUs:  torchrun --standalone --nproc_per_node=8 -m timecycle train \\
+                           --data DIR --out RUN --batch-size 4
+    2 nodes x 8 GPUs:  on every node (HOST0 = the first node's address):
+                       torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d \\
+                           --rdzv_endpoint=HOST0:29500 --rdzv_id=tc -m timecycle train \\
+                           --data DIR --out RUN --batch-size 2
+    SLURM:             the sbatch script in the README (one task per GPU, SIGUSR1 before the
+                       time limit, requeue, --resume)
+    resume:            the same command with --resume: the newest complete checkpoint
+The run folder must be on a filesystem that every node sees (rank 0 writes, all ranks read
+the checkpoint they resume from).
 
 Layout (STYLE 3): the model (`TimeCycle`) is pure; this module alone touches the device,
-precision, logging and checkpoints. `train_step` is one optimiser step on one batch and knows
-nothing of the run; `train` sets up, loops and saves. Distributed training (next issue) wraps
-the model, passes its rank to the loader and lets rank 0 alone log and save.
+precision, logging and checkpoints, with distributed.py for the process group and signals.py
+for stop requests. `train_step` is one optimiser step and knows nothing of the run; `train`
+sets up, loops and saves.
+
+Distributed runs (torchrun's RANK / WORLD_SIZE / LOCAL_RANK): one process per GPU, NCCL (Gloo
+on the CPU), the model in DistributedDataParallel. Rank r reads batches r, r + W, ... of the
+global clip stream (data/sampler.py, blocks of one batch), so a step reads the same clips
+whatever the number of processes, and the stream position stays one global number. Rank 0
+alone logs and writes checkpoints; the others wait at a barrier. Gradient accumulation
+(`accum`) runs the micro-batches before the last under no_sync, so gradients cross the network
+once per step. BatchNorm normalises over one process's micro-batch (as the public code's
+nn.DataParallel did per GPU); `sync_bn` pools the statistics of all GPUs instead. Each
+process seeds its generators with seed + rank after building the (identical) model.
+
+Stopping: a stop request (`stop`, set by SIGTERM / SIGUSR1 in `timecycle train`) is read after
+each step and agreed across ranks (any rank's request stops all, after the same step); rank 0
+then saves last.pt and every rank returns with `Outcome.stopped`. last.pt is also refreshed
+every `save_minutes`, so a run killed without warning (SIGKILL, a lost node) loses at most
+that much; `--resume` continues from the newest complete checkpoint exactly as the
+uninterrupted run would have gone (`deterministic` on the CPU: to the bit).
 
 Warm-up (SPEC 4): for the first `warmup_steps` steps the encoder's parameters are frozen and
 only the localizer g learns. The encoder stays in train mode: its BatchNorm normalises with
 batch statistics, as it will after the warm-up, so g learns on the features it will see next.
 (In eval mode a randomly initialised encoder would use the default running statistics, mean 0
 and variance 1, i.e. not normalise at all.) The running statistics keep tracking the frozen
-encoder, which is what they should describe.
+encoder, which is what they should describe. DDP is rebuilt when the encoder (un)freezes: it
+registers the parameters that require gradients when it is built.
 
-Steps count batches: a step whose loss (or gradient norm) is not finite is skipped (no update)
-and counted, and `max_nonfinite` of them in a row stop the run with a UserError.
+Steps count batches: a step whose loss (on any process) or gradient norm is not finite is
+skipped (no update) and counted, and `max_nonfinite` of them in a row stop the run with a
+UserError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import os
 import random
 import threading
@@ -39,14 +70,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from timecycle.data import ClipDataset, VideoRecord, build_index, make_loader
 from timecycle.datasets.io import write_json_atomic
 from timecycle.engine import checkpoint as ckpt
+from timecycle.engine import distributed
 from timecycle.engine.config import TrainConfig, check_resumable
+from timecycle.engine.distributed import World
 from timecycle.engine.logging import TERMS, Meter, MetricsLog
-from timecycle.engine.runtime import environment, resolve_device
+from timecycle.engine.runtime import environment
 from timecycle.errors import UserError
 from timecycle.losses import LossConfig, total_loss
 from timecycle.tracker import TimeCycle
@@ -60,41 +94,53 @@ class StepResult:
     loss: torch.Tensor
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
-               loss_config: LossConfig, grad_clip: float, device: torch.device,
-               amp_dtype: torch.dtype | None = None) -> StepResult:
-    """Forward, loss, backward, clip, update on one batch of clips.
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batches: dict | list[dict], loss_config: LossConfig, grad_clip: float,
+               device: torch.device, amp_dtype: torch.dtype | None = None,
+               world: World | None = None) -> StepResult:
+    """Forward, loss, backward on each micro-batch, then clip and update once.
 
-    batch: frames (B, K+1, 3, S, S), patch (B, 3, P, P), theta_gt (B, 2, 3) (`ClipDataset`).
-    Returns the total loss, each term reduced over its K steps, and the gradient norm before
-    clipping; `values` is None and no update is made when the loss or the gradient norm is not
-    finite. One device sync per step (the finiteness test).
+    batches: one batch or a list of micro-batches whose gradients accumulate (each loss
+        scaled by 1 / len). A batch: frames (B, K+1, 3, S, S), patch (B, 3, P, P), theta_gt
+        (B, 2, 3) (`ClipDataset`).
+    model: the TimeCycle, or its DistributedDataParallel wrapper: gradients are then
+        all-reduced once, in the last micro-batch's backward (no_sync before), and the
+        reported values are averaged over `world`'s processes.
+    Returns the total loss, each term reduced over its K steps (means over micro-batches and
+    processes), and the gradient norm before clipping; `values` is None and no update is made
+    when the loss of any process or the gradient norm is not finite. The backward runs even
+    then, so that every process joins the gradient all-reduce. One device sync per step.
     """
-    # contiguous(): one memory layout whatever made the batch. Collated in the main process,
-    # frames keep to_tensor's channels-last strides; from DataLoader workers they arrive
-    # contiguous; the two layouts pick different convolution kernels (different rounding).
-    frames, patch, theta = (batch[k].to(device, non_blocking=True).contiguous()
-                            for k in ("frames", "patch", "theta_gt"))
+    batches = [batches] if isinstance(batches, dict) else list(batches)
+    ddp = isinstance(model, DistributedDataParallel)
+    reduce = torch.sum if loss_config.step_reduction == "sum" else torch.mean
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        out = model(frames, patch, theta)
-    terms = {k: out[k].float() for k in TERMS}
-    loss = total_loss(terms, loss_config)
-    if not torch.isfinite(loss):
-        return StepResult(None, loss.detach())
-    loss.backward()
+    sums = None
+    for i, batch in enumerate(batches):
+        # contiguous(): one memory layout whatever made the batch. Collated in the main
+        # process, frames keep to_tensor's channels-last strides; from DataLoader workers they
+        # arrive contiguous; the two layouts pick different kernels (different rounding).
+        frames, patch, theta = (batch[k].to(device, non_blocking=True).contiguous()
+                                for k in ("frames", "patch", "theta_gt"))
+        sync = not ddp or i == len(batches) - 1
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                out = model(frames, patch, theta)
+            terms = {k: out[k].float() for k in TERMS}
+            loss = total_loss(terms, loss_config)
+            (loss / len(batches)).backward()
+        values = torch.stack([loss.detach(), *(reduce(terms[k].detach()) for k in TERMS)])
+        sums = values if sums is None else sums + values
+    means = distributed.mean_across(sums / len(batches), world or World())
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if not torch.isfinite(grad_norm):
+    if not bool(torch.isfinite(means[0]) & torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(None, loss.detach())
+        return StepResult(None, means[0])
     optimizer.step()
-    reduce = torch.sum if loss_config.step_reduction == "sum" else torch.mean
-    values = {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
-    values.update({k: reduce(v.detach()) for k, v in terms.items()})
-    return StepResult(values, loss.detach())
-
-
+    return StepResult({"loss": means[0], "grad_norm": grad_norm.detach(),
+                       **dict(zip(TERMS, means[1:]))}, means[0])
 def index_videos(folders: list[str], run_dir: Path, workers: int = 8) -> list[VideoRecord]:
     """One index per --data folder (cached at RUN/video_index.json, RUN/video_index-1.json,
     ...), concatenated; a video listed twice is used once."""
@@ -140,31 +186,58 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
+@dataclass
+class Outcome:
+    """How a run ended."""
+
+    run_dir: Path
+    step: int  # steps done; RUN/last.pt holds this step
+    total_steps: int
+    stopped: bool  # a stop request ended the run before total_steps
+
+
 def train(config: TrainConfig, resume: bool = False,
           stop: threading.Event | None = None) -> Path:
     """Train TimeCycle as `config` says; returns the run folder (RUN/last.pt holds the model).
 
-    resume: continue RUN/last.pt (model, optimiser, step, clip stream position, RNG states) up
-        to config's steps; the fields of `FIXED_ON_RESUME` must match the checkpoint's config.
+    resume: continue the newest complete checkpoint of the run folder (model, optimiser,
+        step, clip stream position, RNG states) up to config's steps; the fields of
+        `FIXED_ON_RESUME` must match the checkpoint's config.
     stop: when set (e.g. by a signal handler), the run saves a checkpoint after the current
-        step and returns.
+        step and returns. `run_training` also says whether that happened.
+    Started by torchrun (WORLD_SIZE > 1), every process calls this; see the module docstring.
     """
+    return run_training(config, resume, stop).run_dir
+
+
+def run_training(config: TrainConfig, resume: bool = False,
+                 stop: threading.Event | None = None) -> Outcome:
+    """`train`, returning how the run ended."""
     run_dir = Path(config.out)
-    state = None
-    if resume:
-        state = ckpt.load_checkpoint(run_dir / ckpt.LAST)
-        check_resumable(TrainConfig.from_dict(state["config"]), config)
-    elif (run_dir / ckpt.LAST).exists():
-        raise UserError(f"already holds a run ({ckpt.LAST}); pass --resume to continue it, "
-                        "or choose another --out", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    world = distributed.world_from_env()
+    device = distributed.resolve_device(config.device, world)
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        with _determinism(config.deterministic, device):
-            return _run(config, run_dir, device, state, stop)
+        with distributed.process_group(world, device), \
+                _determinism(config.deterministic, device):
+            loaded: dict = {}
+
+            def prepare() -> tuple[Path | None, list[VideoRecord]]:  # rank 0 only
+                path = None
+                if resume:
+                    path, loaded["state"] = ckpt.latest_checkpoint(run_dir)
+                    check_resumable(TrainConfig.from_dict(loaded["state"]["config"]), config)
+                elif ckpt.has_checkpoint(run_dir):
+                    raise UserError(f"already holds a run ({ckpt.LAST}); pass --resume to "
+                                    "continue it, or choose another --out", run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                return path, index_videos(config.data, run_dir, config.workers)
+
+            path, videos = distributed.on_main(prepare, world)
+            state = loaded.get("state") or (ckpt.load_checkpoint(path) if path else None)
+            return _run(config, run_dir, device, world, state, videos, stop)
     finally:
         torch.set_num_threads(threads)
 
@@ -174,91 +247,116 @@ class Counters:
     """What a checkpoint restores besides the model, optimiser and RNG states."""
 
     step: int = 0  # batches processed (skipped non-finite ones included)
-    samples: int = 0  # global index of the next clip: start + steps x batch x world size
+    samples: int = 0  # global index of the next clip: start + steps x clips_per_step
     nonfinite: int = 0  # skipped steps so far
 
 
-def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device,
+def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, world: World,
            state: dict | None) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
-    """The model and Adam on `device`, from scratch (seeded) or from a checkpoint `state`."""
+    """The model and Adam on `device`, from scratch (seeded) or from a checkpoint `state`;
+    then this process's generators: seed + rank, or the checkpoint's."""
+    _seed_all(config.seed)  # the same initial model on every rank (DDP broadcasts rank 0's too)
     model = TimeCycle.build(config.arch, loss_config, config.crop, config.patch, config.seed)
+    if config.sync_bn:
+        model = distributed.convert_sync_batchnorm(model, world, device)
     model.to(device)
     if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
                                  weight_decay=config.weight_decay)
     if state is None:
+        _seed_all(config.seed + world.rank)
         return model, optimizer, Counters()
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for group in optimizer.param_groups:
         group["lr"] = config.lr  # a resumed run may change the learning rate
-    ckpt.set_rng_state(state["rng"])
-    return model, optimizer, Counters(int(state["step"]), int(state["samples"]),
-                                      int(state.get("nonfinite", 0)))
+    n = Counters(int(state["step"]), int(state["samples"]), int(state.get("nonfinite", 0)))
+    per_rank = state.get("rng_ranks") or [state["rng"]]
+    if len(per_rank) == world.size:
+        ckpt.set_rng_state(per_rank[world.rank], device)
+    else:  # another number of processes than the saving run: fresh, distinct streams
+        seq = np.random.SeedSequence([config.seed, world.rank, n.step])
+        _seed_all(int(seq.generate_state(1)[0]))
+    return model, optimizer, n
 
 
-def _run(config: TrainConfig, run_dir: Path, device: torch.device, state: dict | None,
-         stop: threading.Event | None) -> Path:
-    rank, world_size = 0, 1  # the distributed launcher will set these
-    is_main = rank == 0
-    _seed_all(config.seed)
+def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
+         state: dict | None, videos: list[VideoRecord],
+         stop: threading.Event | None) -> Outcome:
     loss_config, clip_config = config.loss_config(), config.clip_config()
-    dataset = ClipDataset(index_videos(config.data, run_dir, config.workers), clip_config,
-                          seed=config.seed)
+    dataset = ClipDataset(videos, clip_config, seed=config.seed)
     n_videos = len(dataset.videos)
-    total_steps = config.total_steps(n_videos, world_size)
-    clips_per_step = config.batch_size * world_size
+    total_steps = config.total_steps(n_videos, world.size)
+    clips_per_step = config.clips_per_step(world.size)
     amp_dtype = torch.bfloat16 if config.precision == "bf16" or (
         config.precision == "auto" and device.type == "cuda") else None
-    model, optimizer, n = _build(config, loss_config, device, state)
+    model, optimizer, n = _build(config, loss_config, device, world, state)
     env = environment(device)
-    if is_main:
+    if world.is_main:
         write_json_atomic(run_dir / "config.json", {
             "train": config.to_dict(),
             "resolved": {"total_steps": total_steps, "start_step": n.step, "n_videos": n_videos,
                          "clips_per_epoch": n_videos * config.clips_per_video,
-                         "device": str(device), "precision": str(amp_dtype or "fp32"),
-                         "world_size": world_size},
+                         "world_size": world.size, "effective_batch": clips_per_step,
+                         "device": str(device), "precision": str(amp_dtype or "fp32")},
             "clip": asdict(clip_config), "loss": asdict(loss_config), "environment": env,
         })
     if n.step >= total_steps:
-        return run_dir
+        return Outcome(run_dir, n.step, total_steps, stopped=False)
 
-    def save(numbered: bool) -> None:
-        if is_main:
+    def save(numbered: bool) -> None:  # a collective: every rank calls it at the same step
+        rng = ckpt.rng_state(device)
+        every_rng = distributed.gather_objects(rng, world)
+        if numbered:
+            distributed.check_replicas(model, world)
+        if world.is_main:
             ckpt.save_checkpoint(run_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": n.step, "samples": n.samples, "nonfinite": n.nonfinite,
-                "rng": ckpt.rng_state(), "config": config.to_dict(), "environment": env,
+                "step": n.step, "samples": n.samples, "nonfinite": n.nonfinite, "rng": rng,
+                **({"rng_ranks": every_rng} if world.distributed else {}),
+                "config": config.to_dict(), "environment": env,
             }, n.step, config.keep_last, numbered)
+        distributed.barrier(world, device)
 
     loader = make_loader(dataset, config.batch_size, config.workers, start_index=n.samples,
-                         seed=config.seed, rank=rank, world_size=world_size,
-                         total=n.samples + (total_steps - n.step) * clips_per_step)
-    log = MetricsLog(run_dir, n.step, config.tensorboard, enabled=is_main)
-    bar = tqdm(total=total_steps, initial=n.step, disable=not (config.progress and is_main),
+                         seed=config.seed, rank=world.rank, world_size=world.size,
+                         total=n.samples + (total_steps - n.step) * clips_per_step,
+                         block=config.batch_size)
+    log = MetricsLog(run_dir, n.step, config.tensorboard, enabled=world.is_main)
+    bar = tqdm(total=total_steps, initial=n.step, disable=not (config.progress and world.is_main),
                unit="step", dynamic_ncols=True)
     model.train()
-    frozen, consecutive, meter = None, 0, Meter()
-    t_wait = time.perf_counter()
+    net, frozen, consecutive, meter = model, None, 0, Meter()
+    stopped, last_save, batches = False, time.monotonic(), iter(loader)
     try:
-        for batch in loader:
+        while n.step < total_steps:
+            t_wait = time.perf_counter()
+            micro = list(itertools.islice(batches, config.accum))
             data_wait = time.perf_counter() - t_wait
+            if len(micro) < config.accum:  # cannot happen: the loader's total is exact
+                raise RuntimeError(f"the clip stream ended at step {n.step} of {total_steps}")
             if frozen != (n.step < config.warmup_steps):
                 frozen = n.step < config.warmup_steps
                 model.set_encoder_trainable(not frozen)
-            result = train_step(model, optimizer, batch, loss_config, config.grad_clip,
-                                device, amp_dtype)
+                net = None
+                gc.collect()  # the old DDP wrapper's gradient hooks go with it
+                net = distributed.wrap(model, world, device)
+            result = train_step(net, optimizer, micro, loss_config, config.grad_clip, device,
+                                amp_dtype, world)
             n.step += 1
             n.samples += clips_per_step
             meter.add(result.values, clips_per_step, data_wait)
             consecutive = 0 if result.values is not None else consecutive + 1
             if result.values is None:
                 n.nonfinite += 1
-                _nonfinite(n, consecutive, result.loss, config.max_nonfinite, run_dir)
+                _nonfinite(n, consecutive, result.loss, config.max_nonfinite, run_dir,
+                           world.is_main)
             last = n.step == total_steps
-            if n.step % config.log_every == 0 or last:
+            due = world.is_main and 0 < config.save_minutes * 60 <= time.monotonic() - last_save
+            stopping, due = distributed.agree_any(
+                [stop is not None and stop.is_set(), due], world, device)
+            if n.step % config.log_every == 0 or last or stopping:
                 record = {"step": n.step, "epoch": n.samples / (n_videos * config.clips_per_video),
                           "samples": n.samples, **meter.summary(),
                           "lr": optimizer.param_groups[0]["lr"], "frozen": bool(frozen)}
@@ -266,24 +364,27 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, state: dict |
                 bar.set_postfix(loss=_fmt(record["loss"]), clips_s=f"{record['clips_per_s']:.1f}")
                 meter.reset()
             bar.update(1)
-            stopping = stop is not None and stop.is_set()
-            if n.step % config.save_every == 0 or last or stopping:
-                save(numbered=n.step % config.save_every == 0 or last)
+            numbered = n.step % config.save_every == 0 or last
+            if numbered or stopping or due:
+                save(numbered)
+                last_save = time.monotonic()
             if stopping:
+                stopped = not last
                 break
-            t_wait = time.perf_counter()
     finally:
         bar.close()
         log.close()
-    return run_dir
+    return Outcome(run_dir, n.step, total_steps, stopped)
 
 
 def _nonfinite(n: Counters, consecutive: int, loss: torch.Tensor, limit: int,
-               run_dir: Path) -> None:
-    """Warn about a skipped step; stop the run after `limit` of them in a row."""
-    warnings.warn(f"step {n.step}: non-finite loss {loss.item()}, update skipped "
-                  f"({consecutive} in a row, {n.nonfinite} in all)", RuntimeWarning,
-                  stacklevel=3)
+               run_dir: Path, warn: bool = True) -> None:
+    """Warn about a skipped step; stop the run after `limit` of them in a row (the decision
+    is the same on every rank: the loss was averaged over them)."""
+    if warn:
+        warnings.warn(f"step {n.step}: non-finite loss {loss.item()}, update skipped "
+                      f"({consecutive} in a row, {n.nonfinite} in all)", RuntimeWarning,
+                      stacklevel=3)
     if consecutive >= limit:
         raise UserError(
             f"stopped at step {n.step}: {consecutive} non-finite losses in a row (the "

@@ -1,0 +1,194 @@
+"""Distributed training on the CPU: two Gloo processes against one process with the same clips,
+a stop request on one rank, resume; the block layout of the clip stream.
+
+The two-process runs use torch.multiprocessing (spawn) with torchrun's variables set by hand,
+so that each process can report its own parameters; `timecycle train` under torchrun runs the
+same `run_training`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from timecycle.data.sampler import ResumableSampler
+from timecycle.datasets.synthetic import write_training_videos
+from timecycle.engine.checkpoint import load_checkpoint
+from timecycle.engine.config import TrainConfig, make_config
+from timecycle.engine.distributed import World, world_from_env
+from timecycle.engine.logging import read_metrics
+from timecycle.engine.train import train
+from timecycle.errors import UserError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    write_training_videos(root, n_videos=4, seed=0, n_frames=20, height=72, width=88,
+                          kind="translating")
+    return root
+
+
+def tiny(data, out, **overrides):
+    base = dict(data=[str(data)], out=str(out), short_side=64, crop=64, patch=56, batch_size=2,
+                steps=3, workers=0, log_every=1, fps=None, progress=False, tensorboard=False,
+                deterministic=True, threads=1)
+    return make_config("small", **{**base, **overrides})
+
+
+# The clip stream -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start,world,block,total", [(0, 3, 2, 20), (5, 2, 3, 23), (4, 1, 2, 11)])
+def test_ranks_read_every_index_once_in_blocks(start, world, block, total):
+    shares = [list(ResumableSampler(start, r, world, total, block)) for r in range(world)]
+    assert sorted(itertools.chain(*shares)) == list(range(start, total))
+    for r, share in enumerate(shares):
+        assert len(ResumableSampler(start, r, world, total, block)) == len(share)
+        assert share[:block] == list(range(start + r * block, min(start + (r + 1) * block, total)))
+
+
+def test_processes_and_accumulation_read_the_same_batches():
+    """W processes x A micro-batches: any split of W x A reads the same batches (what makes a
+    two-process run comparable with one process accumulating two micro-batches)."""
+    b = 2
+
+    def batches(world, accum, steps=3):
+        out = []
+        streams = [iter(ResumableSampler(6, r, world, None, block=b)) for r in range(world)]
+        for _ in range(steps):
+            step = []
+            for _ in range(accum):
+                step += [tuple(itertools.islice(s, b)) for s in streams]
+            out.append(sorted(step))
+        return out
+
+    assert batches(2, 1) == batches(1, 2) and batches(4, 1) == batches(2, 2) == batches(1, 4)
+
+
+def test_world_comes_from_torchruns_variables():
+    assert world_from_env({}) == World(0, 1, 0)
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    world = world_from_env(env)
+    assert (world.rank, world.size, world.local_rank, world.is_main) == (3, 4, 1, False)
+    with pytest.raises(UserError, match="MASTER_ADDR"):
+        world_from_env({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(UserError, match="RANK"):
+        world_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+# Two processes -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, jobs: list[dict]) -> None:
+    """One process of the two: runs `jobs` in order, each in its own process group, and saves
+    its parameters and outcome after each (spawned; module level so that it pickles)."""
+    from timecycle.engine import train as train_mod
+
+    torch.set_num_threads(1)
+    built = {}
+    real_build = train_mod._build
+
+    def build(*args, **kwargs):
+        model, optimizer, counters = real_build(*args, **kwargs)
+        built["model"] = model
+        return model, optimizer, counters
+
+    train_mod._build = build
+    for job in jobs:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
+        stop = threading.Event()
+        if rank == job.get("stop_rank"):
+            stop.set()  # as a SIGTERM to this process alone would
+        outcome = train_mod.run_training(TrainConfig.from_dict(job["config"]),
+                                         resume=job.get("resume", False), stop=stop)
+        params = {k: v.detach().clone() for k, v in built["model"].named_parameters()}
+        torch.save({"params": params, "step": outcome.step, "stopped": outcome.stopped},
+                   Path(job["report"]) / f"{job['name']}-rank{rank}.pt")
+
+
+def _spawn(jobs: list[dict]) -> None:
+    import torch.multiprocessing as mp
+
+    if sys.platform == "linux":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no DNS lookup of the host name
+    mp.spawn(_rank_main, args=(2, jobs), nprocs=2, join=True)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_stop_together(data, tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    # warmup_steps=1: step 1 trains the localizer alone, so DDP is rebuilt before step 2.
+    # save_every=2: steps 2 and 3 are numbered saves, where the replicas are compared.
+    common = dict(warmup_steps=1, save_every=2)
+    whole = tiny(data, tmp_path / "whole", **common)
+    part = tiny(data, tmp_path / "part", **common)
+    _spawn([
+        {"name": "whole", "config": whole.to_dict(), "port": _free_port(), "report": str(report)},
+        # Rank 1 alone asks to stop: both must stop after step 1, and rank 0 save it.
+        {"name": "part", "config": part.to_dict(), "port": _free_port(), "report": str(report),
+         "stop_rank": 1},
+        {"name": "resumed", "config": part.to_dict(), "port": _free_port(),
+         "report": str(report), "resume": True},
+    ])
+    got = {p.stem: torch.load(p, weights_only=True) for p in report.iterdir()}
+
+    # The replicas are identical, and rank 0 saved them.
+    ranks = got["whole-rank0"]["params"], got["whole-rank1"]["params"]
+    saved = load_checkpoint(tmp_path / "whole" / "last.pt")
+    for k, v in ranks[0].items():
+        assert torch.equal(v, ranks[1][k]) and torch.equal(v, saved["model"][k]), k
+    resolved = json.loads((tmp_path / "whole" / "config.json").read_text())["resolved"]
+    assert (resolved["world_size"], resolved["effective_batch"]) == (2, 4)
+    assert len(saved["rng_ranks"]) == 2
+
+    # One process accumulating two micro-batches of 2 reads the same clips in the same
+    # BatchNorm groups: rank r's batch is micro-batch r (data/sampler.py: blocks of one batch).
+    # BatchNorm statistics are per process in DDP (SyncBatchNorm is CUDA-only in torch, so the
+    # CPU cannot test it), hence the comparison with accumulation rather than with one batch of
+    # 4, whose statistics would pool all 4 clips. What differs is where the gradients are
+    # summed; in practice the results agree bitwise (halving is exact), the tolerance only
+    # allows for a reduction order that could differ elsewhere. Running BatchNorm statistics
+    # do differ (rank 0's come from its clips only) and are not compared.
+    single = train(tiny(data, tmp_path / "single", accum=2, **common))
+    ref_losses = [r["loss"] for r in read_metrics(single)]
+    assert [r["loss"] for r in read_metrics(tmp_path / "whole")] == pytest.approx(ref_losses,
+                                                                                   rel=1e-5)
+    ref = load_checkpoint(single / "last.pt")["model"]
+    for k, v in ranks[0].items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+    # The stop request of rank 1 stopped both after step 1; the resumed run continued exactly.
+    for rank in (0, 1):
+        assert (got[f"part-rank{rank}"]["step"], got[f"part-rank{rank}"]["stopped"]) == (1, True)
+    assert got["resumed-rank0"]["step"] == 3
+    for k, v in ranks[0].items():
+        assert torch.equal(v, got["resumed-rank0"]["params"][k]), k
+        assert torch.equal(v, got["resumed-rank1"]["params"][k]), k
+    assert [r["step"] for r in read_metrics(tmp_path / "part")] == [1, 2, 3]
+    assert [r["loss"] for r in read_metrics(tmp_path / "part")] == [
+        r["loss"] for r in read_metrics(tmp_path / "whole")]
