@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -130,16 +131,16 @@ def _rank_main(rank: int, world: int, jobs: list[dict]) -> None:
                    Path(job["report"]) / f"{job['name']}-rank{rank}.pt")
 
 
-def _spawn(jobs: list[dict]) -> None:
-    import torch.multiprocessing as mp
-
-    if sys.platform == "linux":
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no DNS lookup of the host name
-    mp.spawn(_rank_main, args=(2, jobs), nprocs=2, join=True)
+def _local_gloo(monkeypatch) -> None:
+    if sys.platform == "linux" and "GLOO_SOCKET_IFNAME" not in os.environ:
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # no lookup of the host's name
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_stop_together(data, tmp_path):
+def test_two_processes_match_one_and_stop_together(data, tmp_path, monkeypatch):
+    import torch.multiprocessing as mp
+
+    _local_gloo(monkeypatch)
     report = tmp_path / "report"
     report.mkdir()
     # warmup_steps=1: step 1 trains the localizer alone, so DDP is rebuilt before step 2.
@@ -147,14 +148,14 @@ def test_two_processes_match_one_and_stop_together(data, tmp_path):
     common = dict(warmup_steps=1, save_every=2)
     whole = tiny(data, tmp_path / "whole", **common)
     part = tiny(data, tmp_path / "part", **common)
-    _spawn([
+    mp.spawn(_rank_main, nprocs=2, join=True, args=(2, [
         {"name": "whole", "config": whole.to_dict(), "port": _free_port(), "report": str(report)},
         # Rank 1 alone asks to stop: both must stop after step 1, and rank 0 save it.
         {"name": "part", "config": part.to_dict(), "port": _free_port(), "report": str(report),
          "stop_rank": 1},
         {"name": "resumed", "config": part.to_dict(), "port": _free_port(),
          "report": str(report), "resume": True},
-    ])
+    ]))
     got = {p.stem: torch.load(p, weights_only=True) for p in report.iterdir()}
 
     # The replicas are identical, and rank 0 saved them.
@@ -192,3 +193,23 @@ def test_two_processes_match_one_and_stop_together(data, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "part")] == [1, 2, 3]
     assert [r["loss"] for r in read_metrics(tmp_path / "part")] == [
         r["loss"] for r in read_metrics(tmp_path / "whole")]
+
+
+@pytest.mark.slow
+def test_torchrun_starts_the_command_line(data, tmp_path, monkeypatch):
+    """The launch recipe: `torchrun --standalone --nproc_per_node=2 -m timecycle train`."""
+    _local_gloo(monkeypatch)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "timecycle", "train", "--data", str(data), "--out", str(out),
+           "--preset", "small", "--short-side", "64", "--crop", "64", "--patch", "56",
+           "--batch-size", "1", "--accum", "2", "--steps", "2", "--workers", "0", "--fps",
+           "native", "--log-every", "1", "--device", "cpu", "--threads", "1", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained to step 2") == 1  # rank 0 alone reports
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert (resolved["world_size"], resolved["effective_batch"]) == (2, 4)
+    assert [r["samples"] for r in read_metrics(out)] == [4, 8]
+    assert load_checkpoint(out / "last.pt")["step"] == 2
