@@ -91,7 +91,8 @@ def worker(args: argparse.Namespace) -> dict:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
-    net = torch.compile(model) if args.compile else model
+    # dynamic=False: fixed shapes, one graph each (the encoder sees two: frames and patch).
+    net = torch.compile(model, dynamic=False) if args.compile else model
     loss_config = config.loss_config()
 
     def step(batch) -> None:
@@ -123,7 +124,7 @@ def worker(args: argparse.Namespace) -> dict:
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
 
     # The bound: the encoder's forward and backward on the same frames and patches.
-    encoder = torch.compile(model.encoder) if args.compile else model.encoder
+    encoder = torch.compile(model.encoder, dynamic=False) if args.compile else model.encoder
     frames = batch["frames"].to(device).flatten(0, 1)  # (B * (K+1), 3, S, S)
     patch = batch["patch"].to(device)  # (B, 3, P, P)
     if channels_last:

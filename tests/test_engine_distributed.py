@@ -85,7 +85,8 @@ def test_processes_and_accumulation_read_the_same_batches():
 
 def test_world_comes_from_torchruns_variables():
     assert world_from_env({}) == World(0, 1, 0)
-    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
+           "MASTER_PORT": "1"}
     world = world_from_env(env)
     assert (world.rank, world.size, world.local_rank, world.is_main) == (3, 4, 1, False)
     with pytest.raises(UserError, match="MASTER_ADDR"):

@@ -20,7 +20,6 @@ import torch
 from timecycle.cli import main
 from timecycle.datasets.synthetic import write_training_videos
 from timecycle.engine import checkpoint as ckpt
-from timecycle.engine import train as train_mod
 from timecycle.engine.config import make_config
 from timecycle.engine.logging import read_metrics
 from timecycle.engine.signals import EXIT_STOPPED, stop_on_signals
