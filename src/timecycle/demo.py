@@ -37,7 +37,7 @@ class DemoConfig:
     device: str = "auto"
     seed: int = 0
     protocol: str = "crw"
-    loss: str = "code"  # the public code's objective: the paper's similarity term can collapse
+    loss: str = "paper"  # SPEC 4 paper preset; see the README on what both objectives did here
     video: str | None = None  # a user's clip instead of the synthetic set
     mask: str | None = None
     weights: str | None = None  # a trained checkpoint: skip training

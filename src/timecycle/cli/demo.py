@@ -11,8 +11,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
     p.add_argument("--device", default="auto")
     p.add_argument("--protocol", default="crw", help="propagation protocol (default crw)")
-    p.add_argument("--loss", default="code", choices=("paper", "code"),
-                   help="training objective (default code, see README)")
+    p.add_argument("--loss", default="paper", choices=("paper", "code"),
+                   help="training objective (default paper, see README)")
     p.add_argument("--video", help="your own clip: a video file or a folder of frames")
     p.add_argument("--mask", help="the first-frame mask of --video (palettised or greyscale PNG of ids)")
     p.add_argument("--weights", help="a trained checkpoint to use instead of training")
