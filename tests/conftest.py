@@ -36,3 +36,26 @@ def synthetic_davis(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic_davis")
     write_davis_root(root, 3, seed=0, n_frames=10, height=64, width=96)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the engine tests: their tiny steps gain little from two, and on
+    a shared machine two threads that wait on each other slow down many-fold."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    """Four generated translating-texture training videos (frame folders), shared read-only."""
+    from timecycle.datasets.synthetic import write_training_videos
+
+    root = tmp_path_factory.mktemp("videos")
+    write_training_videos(root, n_videos=4, seed=0, n_frames=20, height=72, width=88,
+                          kind="translating")
+    return root

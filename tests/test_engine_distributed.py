@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from timecycle.data.sampler import ResumableSampler
-from timecycle.datasets.synthetic import write_training_videos
 from timecycle.engine.checkpoint import load_checkpoint
 from timecycle.engine.config import TrainConfig, make_config
 from timecycle.engine.distributed import World, world_from_env
@@ -30,20 +29,9 @@ from timecycle.engine.train import train
 from timecycle.errors import UserError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("videos")
-    write_training_videos(root, n_videos=4, seed=0, n_frames=20, height=72, width=88,
-                          kind="translating")
-    return root
 
 
 def tiny(data, out, **overrides):

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from timecycle.cli import main
-from timecycle.datasets.synthetic import write_training_videos
 from timecycle.engine import checkpoint as ckpt
 from timecycle.engine.config import make_config
 from timecycle.engine.logging import read_metrics
@@ -27,20 +26,9 @@ from timecycle.engine.train import train
 from timecycle.errors import UserError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("videos")
-    write_training_videos(root, n_videos=4, seed=0, n_frames=20, height=72, width=88,
-                          kind="translating")
-    return root
 
 
 TINY = dict(short_side=64, crop=64, patch=56, batch_size=2, workers=0, log_every=1, fps=None,

@@ -15,7 +15,6 @@ import torch
 
 from timecycle.cli import main
 from timecycle.data import ClipDataset, build_index
-from timecycle.datasets.synthetic import write_training_videos
 from timecycle.engine import train as train_mod
 from timecycle.engine.checkpoint import load_checkpoint
 from timecycle.engine.config import PRESETS, TrainConfig, check_resumable, make_config
@@ -25,22 +24,9 @@ from timecycle.errors import UserError
 from timecycle.tracker import cut_patch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny steps gain little from two, and on a shared machine
-    two threads that wait on each other slow down many-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("videos")
-    write_training_videos(root, n_videos=4, seed=0, n_frames=20, height=72, width=88,
-                          kind="translating")
-    return root
 
 
 def tiny(data, out, **overrides):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from timecycle.datasets.io import IMAGE_SUFFIXES, read_frame, read_mask
+from timecycle.datasets.names import requested_names
 from timecycle.errors import UserError
 
 VOID = 255  # DAVIS-2017: void pixels, treated as background by the evaluation (SPEC 7)
@@ -101,17 +102,8 @@ class DavisRoot:
         Every requested sequence must have frames on disk: a missing one is an error that
         lists all the missing ones, since a silently partial result is not comparable.
         """
-        if spec is None:
-            listing = self.root / "ImageSets" / str(self.year) / "val.txt"
-            if not listing.is_file():
-                raise UserError("no default sequence list; pass --sequences", listing)
-            names = _read_list(listing)
-        elif Path(spec).is_file():
-            names = _read_list(Path(spec))
-        else:
-            names = [s.strip() for s in str(spec).split(",") if s.strip()]
-        if not names:
-            raise UserError(f"no sequences given ({spec})")
+        listing = self.root / "ImageSets" / str(self.year) / "val.txt"
+        names = requested_names(spec, listing, _read_list, "sequences", "--sequences")
         missing = [n for n in names if not (self.images / n).is_dir()]
         if missing:
             raise UserError(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from timecycle.datasets.io import IMAGE_SUFFIXES, read_mask, write_mask, write_text_atomic
+from timecycle.datasets.names import requested_names
 from timecycle.errors import UserError
 
 N_CLASSES = 20
@@ -93,17 +94,7 @@ class VipRoot:
         Every requested video needs its frames and its annotation folder; the missing ones are
         listed together in one error.
         """
-        if spec is None:
-            listing = self.root / DEFAULT_LIST
-            if not listing.is_file():
-                raise UserError("no default video list; pass --videos", listing)
-            names = _read_list(listing)
-        elif Path(spec).is_file():
-            names = _read_list(Path(spec))
-        else:
-            names = [s.strip() for s in str(spec).split(",") if s.strip()]
-        if not names:
-            raise UserError(f"no videos given ({spec})")
+        names = requested_names(spec, self.root / DEFAULT_LIST, _read_list, "videos", "--videos")
         missing = [
             n for n in names if not (self.images / n).is_dir() or not (self.annotations / n).is_dir()
         ]

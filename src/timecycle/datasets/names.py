@@ -1,0 +1,32 @@
+"""Which sequences or videos a command was asked for: `--sequences` / `--videos` handling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from timecycle.errors import UserError
+
+
+def requested_names(
+    spec: str | Path | None,
+    default_list: Path,
+    read_list: Callable[[Path], list[str]],
+    what: str,
+    flag: str,
+) -> list[str]:
+    """Names from a list file, a comma-separated string, or `default_list` when `spec` is None.
+
+    `what` names the items in messages ("sequences", "videos"); `flag` is the option to pass.
+    """
+    if spec is None:
+        if not default_list.is_file():
+            raise UserError(f"no default {what[:-1]} list; pass {flag}", default_list)
+        names = read_list(default_list)
+    elif Path(spec).is_file():
+        names = read_list(Path(spec))
+    else:
+        names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if not names:
+        raise UserError(f"no {what} given ({spec})")
+    return names
