@@ -127,6 +127,26 @@ def test_a_perfect_tracker_on_identical_frames_scores_the_best_losses():
     torch.testing.assert_close(out["theta_direct"], theta_gt[:, None].expand(2, 2, 2, 3))
 
 
+def test_crop_query_is_the_targets_features_at_theta_gt_and_skips_the_patch_encoding():
+    # With the cell encoder and a cell-aligned theta, the patch's own features equal the
+    # target's features cropped at theta_gt, so both query sources give the same terms; the
+    # crop query costs one encoder call instead of two.
+    torch.manual_seed(0)
+    frames, patch, theta_gt = clip(batch=2, past=3)
+    by_patch = TimeCycle(CellEncoder(), frame_size=128, patch_size=56)
+    by_crop = TimeCycle(CellEncoder(), frame_size=128, patch_size=56, query="crop")
+    by_crop.load_state_dict(by_patch.state_dict())
+    out_patch, out_crop = by_patch(frames, patch, theta_gt), by_crop(frames, None, theta_gt)
+    assert by_crop.encoder.calls == [2 * 4] and by_patch.encoder.calls == [2 * 4, 2]
+    for key in TERMS:
+        torch.testing.assert_close(out_crop[key], out_patch[key], atol=1e-4, rtol=1e-4)
+    # The crop query ignores the patch: another patch changes nothing.
+    again = by_crop(frames, torch.zeros_like(patch), theta_gt)
+    torch.testing.assert_close(again["long"], out_crop["long"])
+    with pytest.raises(ValueError, match="query"):
+        TimeCycle(CellEncoder(), frame_size=128, patch_size=56, query="frame")
+
+
 def test_translation_factor_moves_the_crop_and_the_inlier_mask_together():
     # With the public 227/210 factor, g's theta must have its translation divided by it to
     # crop at theta_gt; both the crop and the inlier mask must then land on the patch's cells.

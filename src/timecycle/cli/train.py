@@ -76,6 +76,9 @@ def register(sub) -> None:
                    help="several GPUs: BatchNorm statistics over all GPUs (SyncBatchNorm)")
     p.add_argument("--log-every", type=int, help="steps per metrics.jsonl line")
     p.add_argument("--warmup-steps", type=int, help="first steps with the encoder frozen")
+    p.add_argument("--query", choices=("patch", "crop"),
+                   help="tracked query: the patch encoded alone (paper, default) or the target "
+                        "frame's features cropped under theta_gt")
     p.add_argument("--seed", type=int)
     p.add_argument("--lr", type=float, help="Adam learning rate (full: 2e-4)")
     p.add_argument("--fps", type=_fps, help="resample videos to this rate, or 'native' (full: 12)")
@@ -93,7 +96,7 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = dict(
         data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
-        loss=args.loss, arch=args.arch, short_side=args.short_side, crop=args.crop,
+        loss=args.loss, query=args.query, arch=args.arch, short_side=args.short_side, crop=args.crop,
         patch=args.patch, batch_size=args.batch_size, accum=args.accum,
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,

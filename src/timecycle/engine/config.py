@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from timecycle.data.clips import ClipConfig
 from timecycle.errors import UserError
 from timecycle.losses import PRESETS as LOSS_PRESETS
+from timecycle.losses.config import QUERIES
 from timecycle.losses import LossConfig, preset
 
 ARCHS = ("resnet50", "resnet18")
@@ -39,6 +40,7 @@ class TrainConfig:
     # Model and objective.
     arch: str = "resnet50"  # SPEC 2: ResNet-50 up to layer3, stride 8, with the TimeCycle head
     loss: str = "paper"  # timecycle.losses.PRESETS: `paper` or `code` (SPEC 4)
+    query: str = "patch"  # LossConfig.query: "patch" (SPEC 4, paper and code) or "crop"
 
     # Clips (SPEC 5); the rest of the geometry is ClipConfig's paper defaults.
     short_side: int = 256  # SPEC 5: short side resized to 256
@@ -80,6 +82,8 @@ class TrainConfig:
         self.data = [str(d) for d in self.data]
         if self.arch not in ARCHS:
             raise UserError(f"unknown --arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if self.query not in QUERIES:
+            raise UserError(f"unknown --query {self.query!r}; choose from {', '.join(QUERIES)}")
         if self.loss not in LOSS_PRESETS:
             raise UserError(f"unknown --loss {self.loss!r}; choose from {', '.join(LOSS_PRESETS)}")
         if self.precision not in PRECISIONS:
@@ -109,7 +113,7 @@ class TrainConfig:
                             f"<= short_side ({self.short_side})")
 
     def loss_config(self) -> LossConfig:
-        return preset(self.loss)
+        return preset(self.loss, query=self.query)
 
     def clip_config(self) -> ClipConfig:
         """Clip geometry; the patch is cut with the loss preset's align_corners (sampler.py)."""
@@ -166,7 +170,7 @@ PRESETS: dict[str, TrainConfig] = {
 
 # Fields a resumed run must share with its checkpoint: they define the model or the clip
 # stream. Everything else (steps, device, workers, logging, lr ...) may change on --resume.
-FIXED_ON_RESUME = ("arch", "loss", "short_side", "crop", "patch", "fps", "batch_size", "seed",
+FIXED_ON_RESUME = ("arch", "loss", "query", "short_side", "crop", "patch", "fps", "batch_size", "seed",
                    "clips_per_video")
 
 

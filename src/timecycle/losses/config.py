@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 SIMILARITIES = ("feature", "inlier")
+QUERIES = ("patch", "crop")
 STEP_REDUCTIONS = ("sum", "mean")
 
 
@@ -40,10 +41,17 @@ class LossConfig:
     translation_factor: float = 1.0
     # SPEC 4 / geotnf/loss.py: theta distance on a 20 x 20 grid.
     theta_grid: int = 20
+    # Where the tracked query's features come from. "patch" (paper and public code): the patch
+    # cut out of I_t, encoded on its own. "crop": I_t's features sampled under theta_gt, i.e.
+    # the patch's features with the frame's context, as every feature has at test time (an
+    # option of this package; see tracker/cycle.py for why it trains faster from scratch).
+    query: str = "patch"
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.query not in QUERIES:
+            raise ValueError(f"query must be one of {QUERIES}, got {self.query!r}")
         if self.step_reduction not in STEP_REDUCTIONS:
             raise ValueError(
                 f"step_reduction must be one of {STEP_REDUCTIONS}, got {self.step_reduction!r}"
