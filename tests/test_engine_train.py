@@ -71,6 +71,17 @@ def test_resume_refuses_a_different_model():
     assert check_resumable(saved, make_config("small", steps=900, workers=0)) == ["steps", "workers"]
     with pytest.raises(UserError, match="arch"):
         check_resumable(saved, make_config("small", arch="resnet50"))
+    with pytest.raises(UserError, match="query"):
+        check_resumable(saved, make_config("small", query="crop"))
+
+
+def test_query_option_reaches_the_model_and_is_checked():
+    assert PRESETS["full"].loss_config().query == "patch"  # SPEC 4: the patch, encoded alone
+    config = make_config("small", query="crop", loss="code")
+    loss = config.loss_config()
+    assert (loss.query, loss.similarity, loss.align_corners) == ("crop", "inlier", True)
+    with pytest.raises(UserError, match="--query"):
+        make_config("small", query="frame")
 
 
 @pytest.mark.parametrize("loss", ["paper", "code"])
@@ -186,14 +197,14 @@ def test_cli_trains_and_resumes(data, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--data", str(data), "--out", str(out), "--preset", "small",
             "--batch-size", "2", "--workers", "0", "--device", "cpu", "--fps", "native",
-            "--quiet"]
+            "--query", "crop", "--quiet"]
     assert main([*argv, "--steps", "2"]) == 0
     for name in ("config.json", "metrics.jsonl", "last.pt", "video_index.json"):
         assert (out / name).is_file(), name
     assert any((out / "tb").iterdir())
     config = json.loads((out / "config.json").read_text())["train"]
-    assert (config["preset"], config["arch"], config["fps"], config["steps"]) == (
-        "small", "resnet18", None, 2)
+    assert (config["preset"], config["arch"], config["fps"], config["steps"], config["query"]) == (
+        "small", "resnet18", None, 2, "crop")
     assert "trained to step 2" in capsys.readouterr().out
     assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet"]) == 0
     assert load_checkpoint(out / "last.pt")["step"] == 3
