@@ -96,7 +96,8 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = dict(
         data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
-        loss=args.loss, query=args.query, arch=args.arch, short_side=args.short_side, crop=args.crop,
+        loss=args.loss, query=args.query, arch=args.arch, short_side=args.short_side,
+        crop=args.crop,
         patch=args.patch, batch_size=args.batch_size, accum=args.accum,
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,

@@ -170,8 +170,8 @@ PRESETS: dict[str, TrainConfig] = {
 
 # Fields a resumed run must share with its checkpoint: they define the model or the clip
 # stream. Everything else (steps, device, workers, logging, lr ...) may change on --resume.
-FIXED_ON_RESUME = ("arch", "loss", "query", "short_side", "crop", "patch", "fps", "batch_size", "seed",
-                   "clips_per_video")
+FIXED_ON_RESUME = ("arch", "loss", "query", "short_side", "crop", "patch", "fps", "batch_size",
+                   "seed", "clips_per_video")
 
 
 def make_config(preset_name: str = "full", **overrides) -> TrainConfig:
