@@ -1,4 +1,5 @@
-"""Arguments and set-up shared by several commands: encoder, device, DAVIS root."""
+"""Arguments and set-up shared by several commands: encoder, device, DAVIS root, and the
+options, set-up and report that `timecycle propagate davis|jhmdb|vip` share."""
 
 from __future__ import annotations
 
@@ -50,3 +51,35 @@ def load_encoder(args: argparse.Namespace):
         info["weights"] = {"path": str(args.weights), "sha256": loaded.sha256,
                            "format": loaded.format, "padding_mode": loaded.padding_mode}
     return encoder, info
+
+
+def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> None:
+    """The encoder and the options every `timecycle propagate BENCHMARK` takes."""
+    add_encoder_args(p)
+    p.add_argument("--protocol", default="crw", help=f"one of {', '.join(protocols)} (default crw)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
+    p.add_argument("--tile", type=int, default=8, help="query tile of restricted windows (default 8)")
+    p.add_argument("--evaluate", action="store_true", help="score the predictions at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def start_propagation(args: argparse.Namespace, benchmark: str, protocol, dataset: dict):
+    """(FrameEncoder or None for identity, provenance) for a propagation run.
+
+    `dataset`: the benchmark's own provenance entries (its root, the DAVIS year ...).
+    """
+    from timecycle.engine.runtime import environment, resolve_device
+    from timecycle.propagation.video import FrameEncoder
+
+    device = resolve_device(args.device)
+    encoder, enc_info = load_encoder(args)
+    frame_encoder = None if encoder is None else FrameEncoder(encoder, protocol, device)
+    provenance = {"benchmark": benchmark, "protocol": protocol.to_dict(), **enc_info, **dataset,
+                  "environment": environment(device)}
+    return frame_encoder, provenance
+
+
+def print_propagated(stats, count: int, unit: str, out: str) -> None:
+    print(f"propagated {count} {unit}, {stats.frames} frames in {stats.seconds:.1f} s "
+          f"({stats.frames / max(stats.seconds, 1e-9):.2f} frames/s) -> {out}")

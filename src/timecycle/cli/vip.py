@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from timecycle.cli.common import add_encoder_args, load_encoder
+from timecycle.cli.common import add_propagate_args, print_propagated, start_propagation
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
 
 PRESETS = PROTOCOLS_BY_BENCHMARK["vip"]
@@ -18,13 +18,7 @@ def _add_root_args(p: argparse.ArgumentParser) -> None:
 def add_propagate_parser(bench) -> None:
     p = bench.add_parser("vip", help="VIP part labels (writes one palettised PNG per frame)")
     _add_root_args(p)
-    add_encoder_args(p)
-    p.add_argument("--protocol", default="crw", help=f"one of {', '.join(PRESETS)} (default crw)")
-    p.add_argument("--out", required=True, help="results folder: one folder of PNGs per video")
-    p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
-    p.add_argument("--tile", type=int, default=8, help="query tile of restricted windows (default 8)")
-    p.add_argument("--evaluate", action="store_true", help="score the predictions at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_propagate_args(p, PRESETS, "results folder: one folder of PNGs per video")
     p.set_defaults(run=run_propagate)
 
 
@@ -49,28 +43,17 @@ def evaluate_and_print(root, results: str, names: list[str]) -> dict[str, float]
 
 def run_propagate(args: argparse.Namespace) -> int:
     from timecycle.datasets.vip import VipRoot
-    from timecycle.engine.runtime import environment, resolve_device
     from timecycle.propagation.presets import get_benchmark_protocol
-    from timecycle.propagation.video import FrameEncoder
     from timecycle.propagation.vip import propagate_vip
 
     protocol = get_benchmark_protocol("vip", args.protocol)
     root = VipRoot(args.root)
     names = root.video_names(args.videos)
-    device = resolve_device(args.device)
-    encoder, enc_info = load_encoder(args)
-    frame_encoder = None if encoder is None else FrameEncoder(encoder, protocol, device)
-    provenance = {
-        "benchmark": "vip",
-        "protocol": protocol.to_dict(),
-        **enc_info,
-        "vip_root": str(root.root),
-        "environment": environment(device),
-    }
+    frame_encoder, provenance = start_propagation(
+        args, "vip", protocol, {"vip_root": str(root.root)})
     stats = propagate_vip(root, names, args.out, frame_encoder, protocol, provenance,
                           args.batch_size, args.tile, progress=not args.quiet)
-    print(f"propagated {len(names)} videos, {stats.frames} frames in {stats.seconds:.1f} s "
-          f"({stats.frames / max(stats.seconds, 1e-9):.2f} frames/s) -> {args.out}")
+    print_propagated(stats, len(names), "videos", args.out)
     if args.evaluate:
         evaluate_and_print(root, args.out, names)
     return 0
