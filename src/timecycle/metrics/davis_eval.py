@@ -17,7 +17,7 @@ from timecycle.datasets.davis import DavisRoot, DavisSequence
 from timecycle.datasets.io import read_mask
 from timecycle.errors import UserError
 from timecycle.metrics.davis import count_objects, evaluate_sequence, summarise, write_results
-from timecycle.propagation.results import read_provenance
+from timecycle.propagation.results import read_provenance, results_folder
 
 
 def _read_pair(seq: DavisSequence, gt_path: Path, results: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -42,15 +42,7 @@ def evaluate_davis(
 
     Returns (global row, per-object rows, per-sequence J&F means).
     """
-    results = Path(results_dir)
-    if not results.is_dir():
-        raise UserError("results folder not found", results)
-    missing = [n for n in names if not (results / n).is_dir()]
-    if missing:
-        raise UserError(
-            f"{len(missing)} of {len(names)} sequences have no predictions in {results}: "
-            + ", ".join(missing)
-        )
+    results = results_folder(results_dir, names, "sequences")
     per_sequence: dict[str, dict[str, np.ndarray]] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         for name in tqdm(names, desc="evaluate", unit="seq", disable=not progress):

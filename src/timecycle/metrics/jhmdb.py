@@ -30,7 +30,7 @@ import numpy as np
 from timecycle.datasets.io import write_json_atomic, write_text_atomic
 from timecycle.datasets.jhmdb import JOINT_NAMES, N_JOINTS, JhmdbRoot, read_joints
 from timecycle.errors import UserError
-from timecycle.propagation.results import read_provenance
+from timecycle.propagation.results import read_provenance, results_folder
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)  # CRW eval_pck.py: rng = [0.1, 0.2, 0.3, 0.4, 0.5]
 BOX_SCALE = 0.6  # eval_pck.py: now_boxes[k] = 0.6 * norm([maxx, maxy] - [minx, miny])
@@ -165,14 +165,7 @@ def evaluate_jhmdb(
 
     Nothing is cached: the predictions are read again and the files rewritten on every call.
     """
-    results = Path(results_dir)
-    if not results.is_dir():
-        raise UserError("results folder not found", results)
-    missing = [n for n in names if not (results / f"{n}.npy").is_file()]
-    if missing:
-        raise UserError(
-            f"{len(missing)} of {len(names)} videos have no prediction in {results}: " + ", ".join(missing)
-        )
+    results = results_folder(results_dir, names, "videos", suffix=".npy")
     pairs = {}
     for name in names:
         gt = read_joints(root.joints_file(name))

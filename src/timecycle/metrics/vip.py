@@ -26,7 +26,7 @@ from PIL import Image
 from timecycle.datasets.io import read_mask, write_json_atomic, write_text_atomic
 from timecycle.datasets.vip import CLASSES, N_CLASSES, VipRoot
 from timecycle.errors import UserError
-from timecycle.propagation.results import read_provenance
+from timecycle.propagation.results import read_provenance, results_folder
 
 RESULT_FILES = ("miou.csv", "miou.json")
 
@@ -123,14 +123,7 @@ def read_prediction(path: Path, gt_hw: tuple[int, int]) -> np.ndarray:
 
 def evaluate_vip(root: VipRoot, results_dir: str | Path, names: list[str]) -> VipResult:
     """Score `<results>/<video>/<frame>.png` on every annotated frame; write the result files."""
-    results = Path(results_dir)
-    if not results.is_dir():
-        raise UserError("results folder not found", results)
-    missing = [n for n in names if not (results / n).is_dir()]
-    if missing:
-        raise UserError(
-            f"{len(missing)} of {len(names)} videos have no predictions in {results}: " + ", ".join(missing)
-        )
+    results = results_folder(results_dir, names, "videos")
     total = np.zeros((N_CLASSES, N_CLASSES), np.int64)
     result = VipResult(total)
     for name in names:

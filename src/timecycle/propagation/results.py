@@ -71,6 +71,24 @@ def finish_results(out_dir: Path, provenance: dict, stats: RunStats, key: str = 
     write_json_atomic(out_dir / PROVENANCE_FILE, record)
 
 
+def results_folder(results_dir: str | Path, names: Sequence[str], unit: str,
+                   suffix: str | None = None) -> Path:
+    """The results folder to score, checked: it exists and holds a prediction for every name.
+
+    A name's prediction is the folder `<name>/`, or with `suffix` the file `<name><suffix>`;
+    every missing one is listed in one UserError ("3 of 20 sequences have no predictions").
+    """
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise UserError("results folder not found", results)
+    missing = [n for n in names if not ((results / n).is_dir() if suffix is None
+                                        else (results / f"{n}{suffix}").is_file())]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(names)} {unit} have no predictions in "
+                        f"{results}: " + ", ".join(missing))
+    return results
+
+
 def read_provenance(results: Path) -> dict | None:
     path = Path(results) / PROVENANCE_FILE
     if not path.is_file():
