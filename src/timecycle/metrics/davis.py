@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from timecycle.datasets.io import write_json_atomic, write_text_atomic
 from timecycle.errors import UserError
+from timecycle.metrics.numbers import csv_field, json_number
 
 # Column names of the official result tables (evaluation_method.py).
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -305,10 +305,6 @@ def summarise(
     return glob, rows
 
 
-def _fmt(value: float) -> str:
-    # '%.6f' as requested; nan written as an empty field (pandas' default na_rep)
-    return "" if value is None or math.isnan(value) else "%.6f" % value
-
 
 def _csv_text(header: Sequence[str], rows: list[list[str]]) -> str:
     buf = io.StringIO()
@@ -319,10 +315,7 @@ def _csv_text(header: Sequence[str], rows: list[list[str]]) -> str:
 
 
 def _json_value(value):
-    # JSON has no nan: write null
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    return value
+    return json_number(value) if isinstance(value, (float, np.floating)) else value
 
 
 def write_results(
@@ -345,10 +338,10 @@ def write_results(
         out_dir / f"per-sequence_results-{suffix}.csv",
         out_dir / f"results-{suffix}.json",
     ]
-    global_text = _csv_text(GLOBAL_COLUMNS, [[_fmt(global_row[c]) for c in GLOBAL_COLUMNS]])
+    global_text = _csv_text(GLOBAL_COLUMNS, [[csv_field(global_row[c]) for c in GLOBAL_COLUMNS]])
     seq_text = _csv_text(
         PER_SEQUENCE_COLUMNS,
-        [[str(r["Sequence"])] + [_fmt(r[c]) for c in PER_SEQUENCE_COLUMNS[1:]]
+        [[str(r["Sequence"])] + [csv_field(r[c]) for c in PER_SEQUENCE_COLUMNS[1:]]
          for r in per_object_rows],
     )
     record = {

@@ -30,6 +30,7 @@ import numpy as np
 from timecycle.datasets.io import write_json_atomic, write_text_atomic
 from timecycle.datasets.jhmdb import JOINT_NAMES, N_JOINTS, JhmdbRoot, read_joints
 from timecycle.errors import UserError
+from timecycle.metrics.numbers import csv_field, json_number
 from timecycle.propagation.results import read_provenance, results_folder
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)  # CRW eval_pck.py: rng = [0.1, 0.2, 0.3, 0.4, 0.5]
@@ -103,32 +104,24 @@ def score_videos(
     )
 
 
-def _fmt(value: float) -> str:
-    return "" if math.isnan(value) else "%.6f" % value
-
-
-def _none_nan(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 def write_pck_results(out_dir: str | Path, result: PckResult, provenance: Mapping[str, object]) -> list[Path]:
     """pck.csv (`alpha,PCK`, PCK as a fraction), pck_per_video.csv and pck.json, atomically."""
     out_dir = Path(out_dir)
     paths = [out_dir / f for f in RESULT_FILES]
-    lines = ["alpha,PCK"] + [f"{a:g},{_fmt(result.pck[a])}" for a in result.alphas]
+    lines = ["alpha,PCK"] + [f"{a:g},{csv_field(result.pck[a])}" for a in result.alphas]
     header = ["video"] + [f"PCK@{a:g}" for a in result.alphas]
     rows = [",".join(header)] + [
-        ",".join([name] + [_fmt(v[a]) for a in result.alphas]) for name, v in result.per_video.items()
+        ",".join([name] + [csv_field(v[a]) for a in result.alphas]) for name, v in result.per_video.items()
     ]
     record = {
-        "pck": {f"{a:g}": _none_nan(result.pck[a]) for a in result.alphas},
+        "pck": {f"{a:g}": json_number(result.pck[a]) for a in result.alphas},
         "per_joint": {
-            name: {f"{a:g}": _none_nan(result.per_joint[a][j]) for a in result.alphas}
+            name: {f"{a:g}": json_number(result.per_joint[a][j]) for a in result.alphas}
             for j, name in enumerate(JOINT_NAMES[: len(result.joint_counts)])
         },
         "joint_counts": {n: int(c) for n, c in zip(JOINT_NAMES, result.joint_counts)},
         "per_video": {
-            name: {f"{a:g}": _none_nan(v[a]) for a in result.alphas} for name, v in result.per_video.items()
+            name: {f"{a:g}": json_number(v[a]) for a in result.alphas} for name, v in result.per_video.items()
         },
         "frames_scored": result.frames,
         "definition": "CRW/UVC eval_pck.py: frames after the first; box 0.6 x diagonal of the "

@@ -14,7 +14,6 @@ palettised image, which PIL always does with NEAREST).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from PIL import Image
 from timecycle.datasets.io import read_mask, write_json_atomic, write_text_atomic
 from timecycle.datasets.vip import CLASSES, N_CLASSES, VipRoot
 from timecycle.errors import UserError
+from timecycle.metrics.numbers import csv_field, json_number
 from timecycle.propagation.results import read_provenance, results_folder
 
 RESULT_FILES = ("miou.csv", "miou.json")
@@ -79,25 +79,17 @@ class VipResult:
         return summarise(self.hist)
 
 
-def _fmt(value: float) -> str:
-    return "" if math.isnan(value) else "%.6f" % value
-
-
-def _none_nan(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 def write_miou_results(out_dir: str | Path, result: VipResult, provenance: Mapping[str, object]) -> list[Path]:
     """miou.csv (`class,IoU` per class, then `mean`; empty = absent class) and miou.json."""
     out_dir = Path(out_dir)
     paths = [out_dir / f for f in RESULT_FILES]
     iou, summary = result.iou, result.summary
-    lines = ["class,IoU"] + [f"{c},{_fmt(v)}" for c, v in zip(CLASSES, iou)]
-    lines.append(f"mean,{_fmt(summary['mIoU'])}")
+    lines = ["class,IoU"] + [f"{c},{csv_field(v)}" for c, v in zip(CLASSES, iou)]
+    lines.append(f"mean,{csv_field(summary['mIoU'])}")
     record = {
-        **{k: _none_nan(v) for k, v in summary.items()},
-        "class_iou": {c: _none_nan(v) for c, v in zip(CLASSES, iou)},
-        "per_video": {n: {k: _none_nan(v) for k, v in s.items()} for n, s in result.per_video.items()},
+        **{k: json_number(v) for k, v in summary.items()},
+        "class_iou": {c: json_number(v) for c, v in zip(CLASSES, iou)},
+        "per_video": {n: {k: json_number(v) for k, v in s.items()} for n, s in result.per_video.items()},
         "frames_scored": result.frames,
         "confusion_matrix": result.hist.tolist(),
         "definition": "VIP/ATEN test_parsing.py: one confusion matrix over the annotated frames, "
