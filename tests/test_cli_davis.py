@@ -13,6 +13,7 @@ from PIL import Image
 
 from timecycle.cli import main
 from timecycle.datasets.io import read_mask, write_mask
+from helpers import assert_one_line_error
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -94,28 +95,20 @@ def test_evaluate_rescores_and_never_reuses_stale_results(synthetic_davis, tmp_p
     assert not (out / "global_results-val.csv").exists()
 
 
-def _one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("timecycle: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
 def test_missing_sequences_are_all_listed(synthetic_davis, tmp_path, capsys):
     code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--encoder", "identity",
                               "--sequences", "synth00,nope1,nope2")
-    _one_line_error(code, err, "nope1", "nope2", "2 of 3")
+    assert_one_line_error(code, err, "nope1", "nope2", "2 of 3")
 
 
 def test_unknown_protocol(synthetic_davis, tmp_path, capsys):
     code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--protocol", "fancy")
-    _one_line_error(code, err, "unknown protocol")
+    assert_one_line_error(code, err, "unknown protocol")
 
 
 def test_missing_root(tmp_path, capsys):
     code, _, err = _propagate(capsys, tmp_path / "nowhere", tmp_path / "o")
-    _one_line_error(code, err, "nowhere")
+    assert_one_line_error(code, err, "nowhere")
 
 
 def test_truncated_frame_names_the_file(synthetic_davis, tmp_path, capsys):
@@ -124,7 +117,7 @@ def test_truncated_frame_names_the_file(synthetic_davis, tmp_path, capsys):
     bad.write_bytes(bad.read_bytes()[:200])
     out = tmp_path / "o"
     code, _, err = _propagate(capsys, root, out, "--encoder", "pixel", "--sequences", "synth00")
-    _one_line_error(code, err, "00004.jpg")
+    assert_one_line_error(code, err, "00004.jpg")
     assert not (out / "synth00").exists()  # no half-written sequence that looks complete
     assert not (out / "propagation.json").exists()
 
@@ -134,7 +127,7 @@ def test_rgb_mask_is_refused(synthetic_davis, tmp_path, capsys):
     m = root / "Annotations/480p/synth00/00000.png"
     Image.open(m).convert("RGB").save(m)
     code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel", "--sequences", "synth00")
-    _one_line_error(code, err, "00000.png", "mode RGB")
+    assert_one_line_error(code, err, "00000.png", "mode RGB")
 
 
 def test_wrong_size_mask_is_refused(synthetic_davis, tmp_path, capsys):
@@ -142,7 +135,7 @@ def test_wrong_size_mask_is_refused(synthetic_davis, tmp_path, capsys):
     m = root / "Annotations/480p/synth01/00000.png"
     write_mask(m, np.ones((10, 12), np.uint8))
     code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel")
-    _one_line_error(code, err, "00000.png", "12x10")
+    assert_one_line_error(code, err, "00000.png", "12x10")
 
 
 def test_empty_first_mask_is_refused(synthetic_davis, tmp_path, capsys):
@@ -150,7 +143,7 @@ def test_empty_first_mask_is_refused(synthetic_davis, tmp_path, capsys):
     m = root / "Annotations/480p/synth02/00000.png"
     write_mask(m, np.zeros_like(read_mask(m)))
     code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel")
-    _one_line_error(code, err, "empty")
+    assert_one_line_error(code, err, "empty")
 
 
 def test_prediction_with_unknown_object_id(synthetic_davis, tmp_path, capsys):
@@ -161,11 +154,11 @@ def test_prediction_with_unknown_object_id(synthetic_davis, tmp_path, capsys):
     mask[0, 0] = 9
     write_mask(p, mask)
     code, _, err = _run(capsys, "evaluate", "davis", "--root", str(synthetic_davis), "--results", str(out), "--quiet")
-    _one_line_error(code, err, "9")
+    assert_one_line_error(code, err, "9")
 
 
 def test_wrong_checkpoint_is_one_line(synthetic_davis, tmp_path, capsys):
     ckpt = tmp_path / "w.pt"
     ckpt.write_text("not a checkpoint")
     code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--encoder", "resnet18", "--weights", str(ckpt))
-    _one_line_error(code, err, "w.pt")
+    assert_one_line_error(code, err, "w.pt")

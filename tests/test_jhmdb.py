@@ -29,6 +29,7 @@ from timecycle.propagation.keypoints import (
 from timecycle.propagation.presets import JHMDB_CRW, JHMDB_TIMECYCLE, KEYPOINT_READOUTS
 from timecycle.propagation.video import FrameEncoder
 from timecycle.visualisation.skeleton import draw_skeleton, joint_colours
+from helpers import assert_one_line_error
 
 VIDEO = "catch/Goal_Keeping_Tips_catch_f_cm_np1_fr_med_2"
 
@@ -316,29 +317,21 @@ def test_pixel_baseline_with_the_timecycle_preset(jhmdb_root):
 # ---------------------------------------------------------------- CLI errors
 
 
-def _one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("timecycle: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
 def test_cli_errors(tmp_path, capsys):
     root = _fake_root(tmp_path, ["catch/a", "run/b"])
     base = ("propagate", "jhmdb", "--root", str(root), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet")
-    _one_line_error(*_run(capsys, *base, "--encoder", "identity", "--videos", "catch/a,run/x,run/y")[::2],
+    assert_one_line_error(*_run(capsys, *base, "--encoder", "identity", "--videos", "catch/a,run/x,run/y")[::2],
                     "2 of 3", "run/x", "run/y")
-    _one_line_error(*_run(capsys, *base, "--protocol", "dino")[::2], "unknown protocol", "crw")
+    assert_one_line_error(*_run(capsys, *base, "--protocol", "dino")[::2], "unknown protocol", "crw")
     (root / "joint_positions" / "run" / "b" / "joint_positions.mat").write_bytes(b"garbage" * 30)
-    _one_line_error(*_run(capsys, *base, "--encoder", "pixel")[::2], "run/b/joint_positions.mat")
+    assert_one_line_error(*_run(capsys, *base, "--encoder", "pixel")[::2], "run/b/joint_positions.mat")
     assert not (tmp_path / "o" / "catch").exists()  # the .mat files are checked before any work
     code, _, err = _run(capsys, "evaluate", "jhmdb", "--root", str(root), "--results", str(tmp_path / "none"),
                         "--videos", "catch/a")
-    _one_line_error(code, err, "results folder not found")
+    assert_one_line_error(code, err, "results folder not found")
     frame = root / "Rename_Images" / "catch" / "a" / "00002.png"
     frame.write_bytes(frame.read_bytes()[:100])
-    _one_line_error(*_run(capsys, *base, "--encoder", "pixel", "--videos", "catch/a")[::2], "catch/a/00002.png")
+    assert_one_line_error(*_run(capsys, *base, "--encoder", "pixel", "--videos", "catch/a")[::2], "catch/a/00002.png")
     assert not (tmp_path / "o" / "catch" / "a.npy").exists() and not (tmp_path / "o" / "propagation.json").exists()
 
 

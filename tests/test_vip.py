@@ -17,6 +17,7 @@ from timecycle.datasets.io import read_mask, write_mask
 from timecycle.datasets.vip import N_CLASSES, VipRoot, write_vip_root
 from timecycle.errors import UserError
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK, VIP_CRW
+from helpers import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -138,30 +139,22 @@ def test_evaluate_rescores_after_a_change(vip_root, tmp_path, capsys):
     assert not (out / "miou.csv").exists()  # a new propagation drops the old evaluation
 
 
-def _one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("timecycle: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
 def test_errors(vip_root, tmp_path, capsys):
     root = tmp_path / "root"
     shutil.copytree(vip_root, root)
     out = tmp_path / "o"
-    _one_line_error(*_propagate(capsys, root, out, "--encoder", "identity", "--videos", "videos000,nope,nix")[::2],
+    assert_one_line_error(*_propagate(capsys, root, out, "--encoder", "identity", "--videos", "videos000,nope,nix")[::2],
                     "2 of 3", "nope", "nix")
     first = root / "Annotations" / "Category_ids" / "videos000" / "000000000000.png"
     Image.open(first).convert("RGB").save(first)
-    _one_line_error(*_propagate(capsys, root, out, "--encoder", "pixel")[::2], "000000000000.png", "mode RGB")
+    assert_one_line_error(*_propagate(capsys, root, out, "--encoder", "pixel")[::2], "000000000000.png", "mode RGB")
     write_mask(first, np.full((64, 96), 30, np.uint8))
-    _one_line_error(*_propagate(capsys, root, out, "--encoder", "pixel")[::2], "class ids 30")
+    assert_one_line_error(*_propagate(capsys, root, out, "--encoder", "pixel")[::2], "class ids 30")
     first.unlink()
-    _one_line_error(*_propagate(capsys, root, out, "--encoder", "pixel")[::2], "no annotation")
+    assert_one_line_error(*_propagate(capsys, root, out, "--encoder", "pixel")[::2], "no annotation")
     assert not (out / "videos001").exists()  # every first annotation is checked before any work
     (root / "lists" / "val_videos.txt").unlink()
-    _one_line_error(*_propagate(capsys, root, out)[::2], "val_videos.txt", "--videos")
+    assert_one_line_error(*_propagate(capsys, root, out)[::2], "val_videos.txt", "--videos")
 
 
 def test_void_in_the_first_annotation_is_background(vip_root, tmp_path):
