@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timecycle.datasets.io import IMAGE_SUFFIXES, read_frame, read_mask
+from timecycle.datasets.io import frame_files, read_frame, read_mask
 from timecycle.datasets.names import requested_names
 from timecycle.errors import UserError
 
@@ -114,9 +114,7 @@ class DavisRoot:
 
     def sequence(self, name: str) -> DavisSequence:
         folder = self.images / name
-        frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        if not frames:
-            raise UserError("sequence folder holds no frames", folder)
+        frames = frame_files(folder, "sequence")
         return DavisSequence(name, frames, self.annotations / name, binary_255=self.year == 2016)
 
 

@@ -32,6 +32,14 @@ _UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-saf
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def frame_files(folder: Path, kind: str = "video") -> tuple[Path, ...]:
+    """The image files of a frame folder in name order; a UserError if there are none."""
+    frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    if not frames:
+        raise UserError(f"{kind} folder holds no frames", folder)
+    return frames
+
+
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise UserError("no such file", path)

@@ -17,7 +17,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from timecycle.datasets.io import IMAGE_SUFFIXES
+from timecycle.datasets.io import frame_files
 from timecycle.errors import UserError
 
 N_JOINTS = 15
@@ -154,9 +154,7 @@ class JhmdbRoot:
 
     def video(self, name: str) -> JhmdbVideo:
         folder = self.images / name
-        frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        if not frames:
-            raise UserError("video folder holds no frames", folder)
+        frames = frame_files(folder)
         return JhmdbVideo(name, frames, self.joints_file(name))
 
 

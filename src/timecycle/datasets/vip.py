@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timecycle.datasets.io import IMAGE_SUFFIXES, read_mask, write_mask, write_text_atomic
+from timecycle.datasets.io import frame_files, read_mask, write_mask, write_text_atomic
 from timecycle.datasets.names import requested_names
 from timecycle.errors import UserError
 
@@ -107,9 +107,7 @@ class VipRoot:
 
     def video(self, name: str) -> VipVideo:
         folder = self.images / name
-        frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        if not frames:
-            raise UserError("video folder holds no frames", folder)
+        frames = frame_files(folder)
         return VipVideo(name, frames, self.annotations / name)
 
 
