@@ -30,7 +30,7 @@ def contour(ids: np.ndarray, width: int = 1) -> np.ndarray:
     """(H, W) bool: pixels whose id differs from a 4-neighbour's, thickened to `width` pixels.
 
     Both sides of a change are marked (so a 1-pixel object still gets a contour), then the map
-    is dilated by a (width-1)-pixel square so that lines stay visible after downscaling.
+    is grown by width-1 4-neighbour steps so that lines stay visible after downscaling.
     """
     edge = np.zeros(ids.shape, dtype=bool)
     dx = ids[:, 1:] != ids[:, :-1]
@@ -39,14 +39,7 @@ def contour(ids: np.ndarray, width: int = 1) -> np.ndarray:
     edge[:, :-1] |= dx
     edge[1:, :] |= dy
     edge[:-1, :] |= dy
-    for _ in range(max(width - 1, 0)):
-        grown = edge.copy()
-        grown[1:] |= edge[:-1]
-        grown[:-1] |= edge[1:]
-        grown[:, 1:] |= edge[:, :-1]
-        grown[:, :-1] |= edge[:, 1:]
-        edge = grown
-    return edge
+    return _grow(edge, width - 1)
 
 
 def overlay_mask(
@@ -75,21 +68,22 @@ def overlay_mask(
     out = out.round().astype(np.uint8)
     if contour_width > 0:
         # Only contours touching an object: the outline of the background is the frame border.
-        edge = contour(ids, contour_width) & _near_object(fg, contour_width)
+        edge = contour(ids, contour_width) & _grow(fg, contour_width)
         out[edge] = colorize(ids)[edge] if contour_color is None else contour_color
     return out
 
 
-def _near_object(fg: np.ndarray, width: int) -> np.ndarray:
-    near = fg.copy()
-    for _ in range(width):
-        grown = near.copy()
-        grown[1:] |= near[:-1]
-        grown[:-1] |= near[1:]
-        grown[:, 1:] |= near[:, :-1]
-        grown[:, :-1] |= near[:, 1:]
-        near = grown
-    return near
+def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
+    """(H, W) bool grown by `steps` 4-neighbour steps (a diamond of that radius); a copy."""
+    mask = mask.copy()
+    for _ in range(max(steps, 0)):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown
+    return mask
 
 
 def blend(frame: np.ndarray, layer: np.ndarray, alpha: float = 0.5) -> np.ndarray:
