@@ -13,9 +13,6 @@ checkpoint. The full-size score is `timecycle propagate davis ... --evaluate`.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import io
 import os
 import sys
 import tempfile
@@ -27,22 +24,23 @@ sys.path.insert(0, str(HERE))
 from propagate import _excerpt  # noqa: E402  (bench/propagate.py: a symlinked DAVIS subset)
 
 
-def score(root: Path, out: Path, names: list[str], encoder_args: list[str], size: int) -> float:
-    """J&F-Mean of one encoder on the subset, via the command line with a resized protocol."""
-    import timecycle.cli.propagate as cli_propagate
-    from timecycle.cli import main
+def score(root: Path, out: Path, names: list[str], encoder: dict, size: int) -> float:
+    """J&F-Mean of one encoder on the subset: CRW's protocol at short side `size`, its
+    12-cell radius at 480p scaled with the frame."""
+    from timecycle.cli.common import start_propagation
+    from timecycle.datasets.davis import DavisRoot
+    from timecycle.metrics.davis_eval import evaluate_davis
+    from timecycle.propagation.davis import propagate_davis
+    from timecycle.propagation.protocols import CRW
 
-    # CRW's protocol at short side `size`; its 12-cell radius at 480p, scaled with the frame.
-    protocol = cli_propagate.get_protocol("crw").replace(
-        frame_resize="short_side", size=size, multiple=8, radius=max(1, round(12 * size / 480)))
-    cli_propagate.get_protocol = lambda name: protocol
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["propagate", "davis", "--root", str(root), "--sequences", ",".join(names),
-                     "--out", str(out), "--quiet", "--evaluate", *encoder_args])
-    if code:
-        raise SystemExit(code)
-    with open(out / "global_results-val.csv", newline="") as f:
-        return float(next(csv.DictReader(f))["J&F-Mean"])
+    protocol = CRW.replace(frame_resize="short_side", size=size, multiple=8,
+                           radius=max(1, round(12 * size / 480)))
+    args = argparse.Namespace(**{"weights": None, "head": "auto", "seed": 0, "device": "auto",
+                                 **encoder})
+    frame_encoder, provenance = start_propagation(args, "davis", protocol, {})
+    davis = DavisRoot(root)
+    propagate_davis(davis, names, out, frame_encoder, protocol, provenance, progress=False)
+    return evaluate_davis(davis, out, names, progress=False)[0]["J&F-Mean"]
 
 
 def main() -> None:
@@ -58,16 +56,16 @@ def main() -> None:
     args = ap.parse_args()
 
     names = args.sequences.split(",")
-    rows = [("identity", ["--encoder", "identity"]), ("pixel", ["--encoder", "pixel"]),
-            (f"random {args.arch}", ["--encoder", args.arch, "--head", "yes"])]
-    rows += [(c, ["--encoder", args.arch, "--weights", c]) for c in args.checkpoints]
+    rows = [("identity", {"encoder": "identity"}), ("pixel", {"encoder": "pixel"}),
+            (f"random {args.arch}", {"encoder": args.arch, "head": "yes"})]
+    rows += [(c, {"encoder": args.arch, "weights": c}) for c in args.checkpoints]
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "davis"
         for name in names:
             _excerpt(Path(args.root), name, args.frames, subset)
         print(f"{', '.join(names)}: first {args.frames} frames, crw at short side {args.size}")
-        for i, (label, encoder_args) in enumerate(rows):
-            jf = score(subset, Path(tmp) / f"out{i}", names, encoder_args, args.size)
+        for i, (label, encoder) in enumerate(rows):
+            jf = score(subset, Path(tmp) / f"out{i}", names, encoder, args.size)
             print(f"{label:40s} J&F {jf:.4f}", flush=True)
 
 
