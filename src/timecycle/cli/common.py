@@ -82,4 +82,4 @@ def start_propagation(args: argparse.Namespace, benchmark: str, protocol, datase
 
 def print_propagated(stats, count: int, unit: str, out: str) -> None:
     print(f"propagated {count} {unit}, {stats.frames} frames in {stats.seconds:.1f} s "
-          f"({stats.frames / max(stats.seconds, 1e-9):.2f} frames/s) -> {out}")
+          f"({stats.frames_per_second:.2f} frames/s) -> {out}")

@@ -51,6 +51,10 @@ class RunStats:
     def seconds(self) -> float:
         return sum(s.seconds for s in self.sequences)
 
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / max(self.seconds, 1e-9)
+
 
 def start_results(out_dir: str | Path, stale: Iterable[str]) -> Path:
     """Create `out_dir` and remove its completion marker and any evaluation files (`stale`)."""
@@ -67,7 +71,7 @@ def finish_results(out_dir: Path, provenance: dict, stats: RunStats, key: str = 
     record[key] = [asdict(s) for s in stats.sequences]
     record["frames"] = stats.frames
     record["seconds"] = round(stats.seconds, 3)
-    record["frames_per_second"] = round(stats.frames / max(stats.seconds, 1e-9), 3)
+    record["frames_per_second"] = round(stats.frames_per_second, 3)
     write_json_atomic(out_dir / PROVENANCE_FILE, record)
 
 
