@@ -221,3 +221,27 @@ def test_index_workers_do_not_change_the_result(data_dir, tmp_path):
     many = build_index(data_dir, workers=4)
     assert one.videos == many.videos and len(one.videos) == 3
     assert index_mod.VideoIndex.from_json(one.to_json()).videos == one.videos
+
+
+def test_a_video_shorter_than_its_header_gets_its_decodable_length(tmp_path):
+    """An AVI cut short keeps the header's frame count (like opencvdoc_tree.avi: 444 claimed,
+    68 decode); the index must record what decodes, so clips are drawn within it."""
+    path = tmp_path / "cut.avi"
+    encode_video(path, n=40, size=(96, 64), fps=24, codec="mpeg4", options={"g": "5"})
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 40  # what the header says
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 7 // 10])  # mid-packet: decoding stops with an error
+    decodable = 0
+    with av.open(str(path)) as container:
+        claimed = container.streams.video[0].frames
+        with pytest.raises(av.FFmpegError):
+            for _ in container.decode(video=0):
+                decodable += 1
+    assert claimed == 40 and 5 < decodable < 35
+    meta = video_mod.probe_video(path)
+    assert abs(meta["n_frames"] - decodable) <= 1
+    last = read_frames(str(path), "video", [meta["n_frames"] - 1], None)
+    assert last.shape == (1, 64, 96, 3)
+    with pytest.raises(DecodeError):  # what the header promised past that does not decode
+        read_frames(str(path), "video", [39], None)

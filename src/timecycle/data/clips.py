@@ -157,7 +157,7 @@ class ClipDataset(Dataset):
         for rec in records:
             step = resample_step(rec.fps or self.config.folder_fps, self.config.fps)
             n = resampled_length(rec.n_frames, step)
-            if clip_offsets(n, self.config) is None:
+            if self.span_offsets(n) is None:
                 self.too_short.append(rec.path)
                 continue
             self.videos.append(rec)
@@ -165,7 +165,7 @@ class ClipDataset(Dataset):
             self._lengths.append(n)
         if self.too_short:
             warnings.warn(f"{len(self.too_short)} videos have fewer than "
-                          f"{self.config.n_past + 2} frames and are not used, e.g. "
+                          f"{len(self.config.offsets)} frames and are not used, e.g. "
                           f"{self.too_short[0]}", BadVideoWarning, stacklevel=2)
         if not self.videos:
             root = videos.root if isinstance(videos, VideoIndex) else None
@@ -176,6 +176,10 @@ class ClipDataset(Dataset):
 
     def __len__(self) -> int:
         return self.config.epoch_size or len(self.videos)
+
+    def span_offsets(self, n: int) -> np.ndarray | None:
+        """Frame offsets of a clip in a video of n (resampled) frames; None: too short."""
+        return clip_offsets(n, self.config)
 
     def _video_for(self, i: int) -> int:
         """Video of sample i: position i % n of a permutation seeded by (seed, epoch)."""
@@ -213,7 +217,7 @@ class ClipDataset(Dataset):
     def _make(self, v: int, rng: np.random.Generator) -> dict:
         cfg, rec = self.config, self.videos[v]
         n = self._lengths[v]
-        off = clip_offsets(n, cfg)
+        off = self.span_offsets(n)
         start = int(rng.integers(0, n - off[-1]))
         src = np.minimum(to_source(start + off, self._steps[v]), rec.n_frames - 1)
         clip = read_frames(rec.path, rec.kind, src, cfg.short_side, cfg.decode_threads)

@@ -2,8 +2,10 @@
 
 A record holds what the clip sampler needs without opening the video: path, kind ("video" for
 a file, "frames" for a frame folder), frame count, fps (None for frame folders: images carry no
-rate), width and height. Probing reads container metadata and decodes one frame, never the
-whole video (see `video.probe_video`).
+rate), width and height. Probing reads container metadata, decodes the first frame and the
+stretch from the claimed last frame's keyframe to the end, never the whole video unless its
+timestamps are unusable: a file whose header claims more frames than decode gets its true
+length here, once, instead of failing clip after clip (see `video.probe_video`).
 
 The cache is keyed by path + size + mtime: a rebuild re-probes only new or changed sources and
 drops removed ones. Sources that cannot be opened are skipped with a warning naming the file,
@@ -12,7 +14,7 @@ not re-probed either) and counted in `n_skipped`; they never stop a run.
 
 JSON format (written atomically)::
 
-    {"format": "timecycle-video-index", "version": 1, "root": "/abs/data",
+    {"format": "timecycle-video-index", "version": 2, "root": "/abs/data",
      "n_videos": 2, "n_skipped": 1,
      "videos": [{"path": "/abs/data/a.mp4", "kind": "video", "n_frames": 300, "fps": 30.0,
                  "width": 640, "height": 360, "size": 1234567, "mtime_ns": 1700000000000000000},
@@ -36,7 +38,7 @@ from timecycle.datasets.io import IMAGE_SUFFIXES, write_json_atomic
 from timecycle.errors import UserError
 
 INDEX_FORMAT = "timecycle-video-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: n_frames is the decodable length (1 trusted the header)
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,10 @@ def _read_cache(cache_path: Path) -> dict[str, VideoRecord | dict]:
     if not cache_path.is_file():
         return {}
     try:
-        index = VideoIndex.from_json(json.loads(cache_path.read_text()))
+        obj = json.loads(cache_path.read_text())
+        if obj.get("format") == INDEX_FORMAT and obj.get("version") != INDEX_VERSION:
+            return {}  # an older version's cache: probe everything again, quietly
+        index = VideoIndex.from_json(obj)
     except (OSError, ValueError, KeyError, TypeError) as err:
         warnings.warn(f"{cache_path}: ignoring unreadable video index cache ({err})",
                       BadVideoWarning, stacklevel=3)

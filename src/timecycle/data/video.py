@@ -116,11 +116,51 @@ def probe_video(path: str | Path) -> dict:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 n = sum(1 for p in container.demux(stream) if p.size)
+        n = _decodable_length(path, n)
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, StopIteration, RuntimeError) as err:
         raise DecodeError(path, f"cannot open video ({type(err).__name__}: {err})") from None
     return {"n_frames": int(n), "fps": float(rate), "width": width, "height": height}
+
+
+def _decodable_length(path: str | Path, n: int) -> int:
+    """The number of frames that really decode, given the metadata's count n.
+
+    Headers lie: a truncated or damaged file can claim hundreds of frames more than it holds
+    (../shared/data/videos/mp4/opencvdoc_tree.avi: 444 claimed, 68 decode), and every clip
+    drawn past the end would then fail. Seek to the claimed last frame's keyframe and decode
+    to the end or to the first damaged packet (cheap: about one group of pictures); if the
+    stream stops more than 2 frames early (read_video_frames tolerates 2), the last frame
+    decoded gives the true length. Without usable timestamps, frames are counted from the start.
+    """
+    for timed in (True, False):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = _stream_rate(stream)
+            time_base = Fraction(stream.time_base) if stream.time_base else None
+            start = stream.start_time or 0
+            timed = timed and container.format.name not in _UNTIMED_FORMATS \
+                and rate is not None and time_base is not None
+            if timed and n > 1:
+                first_pts = start + (n - 1) / rate / time_base
+                container.seek(start + int(first_pts - start), stream=stream, backward=True)
+            count, last, usable = 0, -1, True
+            try:
+                for packet in container.demux(stream):
+                    for frame in packet.decode():
+                        pos = _frame_pos(frame, start, time_base, rate) if timed else count
+                        if pos is None or pos <= last:
+                            usable = False
+                            break
+                        count, last = count + 1, pos
+                    if not usable:
+                        break
+            except (av.FFmpegError, ValueError, RuntimeError):
+                pass  # a damaged packet ends the decodable part
+        if usable and count:
+            return n if n - 1 - last <= 2 else last + 1
+    return n  # nothing decoded either way: leave it to the clip reader to report
 
 
 def probe_frames(folder: str | Path) -> dict:

@@ -170,6 +170,10 @@ def _padding_mode(checkpoint: Any, layout: _Layout) -> str:
     """CRW trains its default "scratch" ResNet with reflect padding (videowalk code/utils
     make_encoder -> resnet.modify(padding='reflect')); its args record model_type. Other
     formats use torchvision's zero padding."""
+    if layout.format == "native":  # a training checkpoint records its padding (CRW: reflect)
+        config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+        padding = config.get("padding") if isinstance(config, Mapping) else None
+        return padding if padding in ("zeros", "reflect") else "zeros"
     if layout.format != "crw":
         return "zeros"
     args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None

@@ -20,6 +20,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from timecycle.data.clips import ClipConfig
+from timecycle.data.walk import WalkConfig
 from timecycle.errors import UserError
 from timecycle.losses import PRESETS as LOSS_PRESETS
 from timecycle.losses.config import QUERIES
@@ -27,6 +28,15 @@ from timecycle.losses import LossConfig, preset
 
 ARCHS = ("resnet50", "resnet18")
 PRECISIONS = ("auto", "fp32", "bf16")
+# BatchNorm during training: "batch" normalises with the micro-batch's statistics and tracks
+# running ones (SPEC 2, the paper); "frozen" keeps every BatchNorm in eval mode, so it applies
+# the running statistics it was built with (mean 0, variance 1: an affine map) and training
+# starts from exactly the network a random encoder is at test time (see README, Training).
+BATCHNORMS = ("batch", "frozen")
+# The training objective: TimeCycle's cycles (SPEC 2-5, the project's subject) or the
+# contrastive random walk (SPEC 9).
+OBJECTIVES = ("timecycle", "crw")
+PADDINGS = ("zeros", "reflect")
 
 
 @dataclass
@@ -38,7 +48,9 @@ class TrainConfig:
     preset: str = "full"  # the preset this config was layered on (a record, not a switch)
 
     # Model and objective.
+    objective: str = "timecycle"  # OBJECTIVES: "timecycle" (SPEC 2-5) or "crw" (SPEC 9)
     arch: str = "resnet50"  # SPEC 2: ResNet-50 up to layer3, stride 8, with the TimeCycle head
+    padding: str = "zeros"  # convolution padding: torchvision's; CRW's scratch net: "reflect"
     loss: str = "paper"  # timecycle.losses.PRESETS: `paper` or `code` (SPEC 4)
     query: str = "patch"  # LossConfig.query: "patch" (SPEC 4, paper and code) or "crop"
 
@@ -48,17 +60,25 @@ class TrainConfig:
     patch: int = 80  # SPEC 5: 80 x 80 patch -> 10 x 10 features
     fps: float | None = 12.0  # SPEC 5: the paper sampled VLOG at 12 fps; None = native rate
 
+    # The contrastive random walk (SPEC 9, objective "crw"; the `crw` preset sets videowalk's
+    # README values). short_side, crop (= its img_size), patch and fps above apply too.
+    walk_len: int = 4  # README: --clip-len 4
+    walk_stride: int = 32  # augs.py patch_grid: half a patch
+    walk_temperature: float = 0.05  # README: --temp 0.05
+    walk_dropout: float = 0.1  # README: --dropout 0.1 (edge dropout)
+
     # Optimisation (SPEC 5).
     batch_size: int = 32  # SPEC 5: 32 (paper; the public code used 36), per process and step
     accum: int = 1  # micro-batches per step: the effective batch is batch_size x accum x GPUs
     lr: float = 2e-4  # SPEC 5: Adam, constant learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # SPEC 5
     weight_decay: float = 0.0  # SPEC 5: none
-    grad_clip: float = 10.0  # SPEC 5: gradient norm clipped at 10
+    grad_clip: float = 10.0  # SPEC 5: gradient norm clipped at 10; 0: not clipped (CRW)
     epochs: float = 30.0  # SPEC 5: 30 epochs
     steps: int | None = None  # optimiser iterations; overrides epochs when set
     clips_per_video: int = 1  # clips of each video per epoch (see the module docstring)
     warmup_steps: int = 0  # SPEC 4: optional first steps with the encoder frozen (g trains)
+    batchnorm: str = "batch"  # BATCHNORMS: "batch" (SPEC 2) or "frozen" (eval-mode statistics)
 
     # Engine.
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -86,6 +106,19 @@ class TrainConfig:
             raise UserError(f"unknown --query {self.query!r}; choose from {', '.join(QUERIES)}")
         if self.loss not in LOSS_PRESETS:
             raise UserError(f"unknown --loss {self.loss!r}; choose from {', '.join(LOSS_PRESETS)}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown --objective {self.objective!r}; choose from "
+                            f"{', '.join(OBJECTIVES)}")
+        if self.padding not in PADDINGS:
+            raise UserError(f"unknown padding {self.padding!r}; choose from {PADDINGS}")
+        if self.objective == "crw" and (self.walk_len < 3 or self.walk_stride < 1
+                                        or self.walk_temperature <= 0
+                                        or not 0 <= self.walk_dropout < 1):
+            raise UserError("the walk needs walk_len >= 3, walk_stride >= 1, "
+                            "walk_temperature > 0 and 0 <= walk_dropout < 1")
+        if self.batchnorm not in BATCHNORMS:
+            raise UserError(f"unknown --batchnorm {self.batchnorm!r}; choose from "
+                            f"{', '.join(BATCHNORMS)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
         positive = ("batch_size", "accum", "save_every", "keep_last", "log_every", "max_nonfinite",
@@ -105,7 +138,7 @@ class TrainConfig:
             if getattr(self, size) % 8:
                 raise UserError(f"{size} ({getattr(self, size)}) must be a multiple of 8 "
                                 "(the encoder's output stride)")
-        if self.patch < 56:
+        if self.patch < 56 and self.objective == "timecycle":
             raise UserError(f"patch ({self.patch}) must be >= 56: the localizer needs "
                             "7 x 7 feature cells")
         if not self.patch <= self.crop <= self.short_side:
@@ -119,6 +152,11 @@ class TrainConfig:
         """Clip geometry; the patch is cut with the loss preset's align_corners (sampler.py)."""
         return ClipConfig(short_side=self.short_side, crop=self.crop, patch=self.patch,
                           fps=self.fps, align_corners=self.loss_config().align_corners)
+
+    def walk_config(self) -> WalkConfig:
+        """Walk clips (objective "crw"): `crop` is the side of each frame's crop."""
+        return WalkConfig(clip_len=self.walk_len, fps=self.fps, short_side=self.short_side,
+                          img_size=self.crop, patch=self.patch, stride=self.walk_stride)
 
     def clips_per_step(self, world_size: int = 1) -> int:
         """The effective batch: batch_size clips x accum micro-batches x world_size processes."""
@@ -166,11 +204,30 @@ PRESETS: dict[str, TrainConfig] = {
         save_every=100,
         log_every=5,
     ),
+    # The contrastive random walk as videowalk's README trains it (SPEC 9): 4 frames at
+    # 8 fps, 256 x 256 frame crops cut into 7 x 7 patches of 64 at stride 32, tau 0.05, edge
+    # dropout 0.1, Adam at 1e-4 (default betas, no clipping: code/train.py), batch 20,
+    # reflect padding (utils make_encoder "scratch"). Its LR milestones at epochs 20/30/40
+    # of Kinetics are not reproduced (a constant rate).
+    "crw": TrainConfig(
+        preset="crw", objective="crw", arch="resnet18", padding="reflect",
+        short_side=256, crop=256, patch=64, fps=8.0,
+        lr=1e-4, betas=(0.9, 0.999), grad_clip=0.0, batch_size=20, epochs=25.0,
+    ),
+    # The walk at half the linear size for a CPU: 128 crops, 7 x 7 patches of 32 at stride 16
+    # (~4x fewer encoder FLOPs per clip than `crw`).
+    "crw-small": TrainConfig(
+        preset="crw-small", objective="crw", arch="resnet18", padding="reflect",
+        short_side=128, crop=128, patch=32, walk_stride=16, fps=8.0,
+        lr=1e-4, betas=(0.9, 0.999), grad_clip=0.0, batch_size=8, steps=1000,
+        workers=2, save_every=100, log_every=5,
+    ),
 }
 
 # Fields a resumed run must share with its checkpoint: they define the model or the clip
 # stream. Everything else (steps, device, workers, logging, lr ...) may change on --resume.
-FIXED_ON_RESUME = ("arch", "loss", "query", "short_side", "crop", "patch", "fps", "batch_size",
+FIXED_ON_RESUME = ("objective", "arch", "padding", "loss", "query", "batchnorm", "walk_len",
+                   "walk_stride", "short_side", "crop", "patch", "fps", "batch_size",
                    "seed", "clips_per_video")
 
 

@@ -83,7 +83,8 @@ from timecycle.engine.logging import TERMS, Meter, MetricsLog
 from timecycle.engine.runtime import environment
 from timecycle.errors import UserError
 from timecycle.losses import LossConfig, total_loss
-from timecycle.tracker import TimeCycle
+from timecycle.data.walk import WalkDataset
+from timecycle.tracker import ContrastiveWalk, TimeCycle
 
 
 @dataclass
@@ -113,34 +114,112 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     """
     batches = [batches] if isinstance(batches, dict) else list(batches)
     ddp = isinstance(model, DistributedDataParallel)
-    reduce = torch.sum if loss_config.step_reduction == "sum" else torch.mean
     optimizer.zero_grad(set_to_none=True)
-    sums = None
+    sums, names = None, None
     for i, batch in enumerate(batches):
-        # contiguous(): one memory layout whatever made the batch. Collated in the main
-        # process, frames keep to_tensor's channels-last strides; from DataLoader workers they
-        # arrive contiguous; the two layouts pick different kernels (different rounding).
-        frames, patch, theta = (batch[k].to(device, non_blocking=True).contiguous()
-                                for k in ("frames", "patch", "theta_gt"))
         sync = not ddp or i == len(batches) - 1
         with contextlib.nullcontext() if sync else model.no_sync():
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                out = model(frames, patch, theta)
-            terms = {k: out[k].float() for k in TERMS}
-            loss = total_loss(terms, loss_config)
+            loss, terms = objective_loss(model, batch, loss_config, device, amp_dtype)
             (loss / len(batches)).backward()
-        values = torch.stack([loss.detach(), *(reduce(terms[k].detach()) for k in TERMS)])
+        names = list(terms)
+        values = torch.stack([loss.detach(), *(terms[k].detach() for k in names)])
         sums = values if sums is None else sums + values
     means = distributed.mean_across(sums / len(batches), world or World())
     params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    # grad_clip 0: not clipped (CRW); the norm is still measured and logged.
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
     if not bool(torch.isfinite(means[0]) & torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         return StepResult(None, means[0])
     optimizer.step()
     return StepResult({"loss": means[0], "grad_norm": grad_norm.detach(),
-                       **dict(zip(TERMS, means[1:]))}, means[0])
+                       **dict(zip(names, means[1:]))}, means[0])
+
+
+def objective_loss(model: torch.nn.Module, batch: dict, loss_config: LossConfig | None,
+                   device: torch.device, amp_dtype: torch.dtype | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch's loss and its logged terms (scalars, the loss's graph kept).
+
+    A TimeCycle batch (frames, patch, theta_gt) is weighted by `loss_config`, each term reduced
+    over its K steps as the preset says; a walk batch (patches, objective "crw") gives the mean
+    cross-entropy over the palindrome lengths, with "walk_xent" and "walk_acc" logged.
+    """
+    # contiguous(): one memory layout whatever made the batch. Collated in the main process,
+    # frames keep to_tensor's channels-last strides; from DataLoader workers they arrive
+    # contiguous; the two layouts pick different kernels (different rounding).
+    def get(key: str) -> torch.Tensor:
+        return batch[key].to(device, non_blocking=True).contiguous()
+
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        if "patches" in batch:
+            out = model(get("patches"))
+        else:
+            out = model(get("frames"), get("patch"), get("theta_gt"))
+    if "patches" in batch:
+        xent = out["xent"].float().mean()
+        return xent, {"walk_xent": xent, "walk_acc": out["acc"].float().mean()}
+    reduce = torch.sum if loss_config.step_reduction == "sum" else torch.mean
+    terms = {k: out[k].float() for k in TERMS}
+    return total_loss(terms, loss_config), {k: reduce(terms[k]) for k in TERMS}
+
+
+def unrelated(batch: dict) -> dict:
+    """The batch with each clip's frames taken from other clips: frame t of clip b from clip
+    (b + t) % B for a walk; for TimeCycle the target and its patch stay and past frame t comes
+    from clip (b + t + 1) % B. No two frames of a clip then share a video when B >= the clip's
+    frames and the batch's videos differ.
+    A model whose cycles close as well on these as on real clips has learned position, not
+    correspondence (the diagnostic of `probe_losses`)."""
+    key = "patches" if "patches" in batch else "frames"
+    x = batch[key]
+    b, t = x.shape[:2]
+    walk = key == "patches"
+    order = (torch.arange(b)[:, None] + torch.arange(t)[None, :] + (0 if walk else 1)) % b
+    if not walk:
+        order[:, -1] = torch.arange(b)  # the target, whose patch and theta_gt are the clip's
+    mixed = x[order, torch.arange(t)[None, :]]
+    return {**batch, key: mixed}
+
+
+@contextlib.contextmanager
+def _frozen_statistics(model: torch.nn.Module):
+    """BatchNorm keeps normalising with batch statistics but stops updating its running ones
+    (momentum 0), so a diagnostic forward leaves the model as it was."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None
+              else None) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+@torch.no_grad()
+def probe_losses(model: torch.nn.Module, batch: dict, loss_config: LossConfig | None,
+                 device: torch.device, amp_dtype: torch.dtype | None = None
+                 ) -> dict[str, float]:
+    """The objective's loss on `batch` as it is ("probe_real") and with its frames from
+    unrelated clips ("probe_unrelated"), no update made. The gap between the two is what the
+    model has learned about correspondence; near zero, the cycles close by position."""
+    with _frozen_statistics(model):
+        real, _ = objective_loss(model, batch, loss_config, device, amp_dtype)
+        mixed, _ = objective_loss(model, unrelated(batch), loss_config, device, amp_dtype)
+    return {"probe_real": float(real), "probe_unrelated": float(mixed)}
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Every BatchNorm of `model` in eval mode: it normalises with its running statistics and
+    no longer updates them (its affine weight and bias still learn)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def index_videos(folders: list[str], run_dir: Path, workers: int = 8) -> list[VideoRecord]:
     """One index per --data folder (cached at RUN/video_index.json, RUN/video_index-1.json,
     ...), concatenated; a video listed twice is used once."""
@@ -251,12 +330,31 @@ class Counters:
     nonfinite: int = 0  # skipped steps so far
 
 
+def build_model(config: TrainConfig, loss_config: LossConfig | None = None) -> torch.nn.Module:
+    """The randomly initialised model of `config`'s objective (seeded by config.seed)."""
+    if config.objective == "crw":
+        return ContrastiveWalk.build(config.arch, config.seed, config.padding,
+                                     temperature=config.walk_temperature,
+                                     edge_dropout=config.walk_dropout)
+    model = TimeCycle.build(config.arch, loss_config or config.loss_config(), config.crop,
+                            config.patch, config.seed)
+    model.encoder.set_padding_mode(config.padding)
+    return model
+
+
+def build_dataset(config: TrainConfig, videos: list[VideoRecord]) -> ClipDataset:
+    """The clip stream of `config`'s objective."""
+    if config.objective == "crw":
+        return WalkDataset(videos, config.walk_config(), seed=config.seed)
+    return ClipDataset(videos, config.clip_config(), seed=config.seed)
+
+
 def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, world: World,
            state: dict | None) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
     """The model and Adam on `device`, from scratch (seeded) or from a checkpoint `state`;
     then this process's generators: seed + rank, or the checkpoint's."""
     _seed_all(config.seed)  # the same initial model on every rank (DDP broadcasts rank 0's too)
-    model = TimeCycle.build(config.arch, loss_config, config.crop, config.patch, config.seed)
+    model = build_model(config, loss_config)
     if config.sync_bn:
         model = distributed.convert_sync_batchnorm(model, world, device)
     model.to(device)
@@ -284,8 +382,8 @@ def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, w
 def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
          state: dict | None, videos: list[VideoRecord],
          stop: threading.Event | None) -> Outcome:
-    loss_config, clip_config = config.loss_config(), config.clip_config()
-    dataset = ClipDataset(videos, clip_config, seed=config.seed)
+    loss_config = config.loss_config()
+    dataset = build_dataset(config, videos)
     n_videos = len(dataset.videos)
     total_steps = config.total_steps(n_videos, world.size)
     clips_per_step = config.clips_per_step(world.size)
@@ -300,7 +398,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                          "clips_per_epoch": n_videos * config.clips_per_video,
                          "world_size": world.size, "effective_batch": clips_per_step,
                          "device": str(device), "precision": str(amp_dtype or "fp32")},
-            "clip": asdict(clip_config), "loss": asdict(loss_config), "environment": env,
+            "clip": asdict(dataset.config), "loss": asdict(loss_config), "environment": env,
         })
     if n.step >= total_steps:
         return Outcome(run_dir, n.step, total_steps, stopped=False)
@@ -327,6 +425,8 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     bar = tqdm(total=total_steps, initial=n.step, disable=not (config.progress and world.is_main),
                unit="step", dynamic_ncols=True)
     model.train()
+    if config.batchnorm == "frozen":
+        freeze_batchnorm(model)
     net, frozen, consecutive, meter = model, None, 0, Meter()
     stopped, last_save, batches = False, time.monotonic(), iter(loader)
     try:
@@ -360,6 +460,10 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 record = {"step": n.step, "epoch": n.samples / (n_videos * config.clips_per_video),
                           "samples": n.samples, **meter.summary(),
                           "lr": optimizer.param_groups[0]["lr"], "frozen": bool(frozen)}
+                # The unrelated-frames diagnostic, on this step's last batch (not with
+                # SyncBatchNorm across processes: its forward is a collective).
+                if world.is_main and not (config.sync_bn and world.distributed):
+                    record.update(probe_losses(model, micro[-1], loss_config, device, amp_dtype))
                 log.write(record)
                 bar.set_postfix(loss=_fmt(record["loss"]), clips_s=f"{record['clips_per_s']:.1f}")
                 meter.reset()

@@ -6,6 +6,7 @@ SPEC 3 (tracker) and SPEC 4 (cycles).
 from timecycle.tracker.affinity import AFFINITY_SCALE, Affinity, affinity
 from timecycle.tracker.cycle import STRIDE, TimeCycle
 from timecycle.tracker.localizer import THETA_SCALE, Localizer, params_to_theta
+from timecycle.tracker.walk import ContrastiveWalk
 from timecycle.tracker.sampler import (
     PUBLIC_TRANSLATION_FACTOR,
     Sampler,
@@ -20,6 +21,7 @@ __all__ = [
     "STRIDE",
     "THETA_SCALE",
     "Affinity",
+    "ContrastiveWalk",
     "Localizer",
     "Sampler",
     "TimeCycle",
