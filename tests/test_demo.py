@@ -15,7 +15,14 @@ def test_demo_runs_and_links_only_local_files(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "2", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    first = lambda text: next(i for i, ln in enumerate(lines) if text in ln)  # noqa: E731
+    # the estimate comes first, then each stage with its own estimate
+    assert first("estimated") < first("stage 1/4: generating") < first("stage 2/4: training")
+    assert first("stage 2/4") < first("stage 3/4: propagating") < first("stage 4/4: writing")
+    assert "crw protocol" in printed
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["estimated_seconds"] > 0
     assert set(summary["scores"]) == {"trained", "random-init", "pixel", "identity"}
     for label, jf in summary["scores"].items():
         assert 0.0 <= jf <= 1.0
@@ -51,10 +58,43 @@ def test_demo_on_a_users_clip(tmp_path, capsys):
         Image.fromarray(f).save(clip / f"{i:04d}.png")
     write_mask(tmp_path / "mask.png", masks[0])
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--video", str(clip), "--mask", str(tmp_path / "mask.png"),
-                 "--steps", "2", "--device", "cpu"])
-    assert code == 0, capsys.readouterr().err
+    argv = ["demo", "--video", str(clip), "--mask", str(tmp_path / "mask.png"), "--device", "cpu",
+            "--protocol", "timecycle"]
+    code = main([*argv, "--out", str(out), "--steps", "2"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
     preds = sorted((out / "results" / "trained" / "clip").iterdir())
     assert len(preds) == 20
     assert np.array_equal(np.asarray(Image.open(preds[0])), masks[0])
-    assert (out / "index.html").is_file()
+    # Said before the training starts: that it trains on the clip, how long, and --weights.
+    lines = printed.splitlines()
+    told = next(i for i, ln in enumerate(lines) if "on your clip for 2 steps" in ln)
+    assert "--weights" in lines[told] and "about" in lines[told]
+    assert told < next(i for i, ln in enumerate(lines) if "training the small preset" in ln)
+    page = (out / "index.html").read_text()
+    assert str(clip.resolve()) in page and "20 frames, 144x112" in page
+    assert "<code>timecycle</code> propagation protocol" in page and "crw" not in page
+    assert "synthetic" not in page and "trained for 2 steps" in page and "this clip" in page
+    assert "Not scored" in page
+
+    # With --weights nothing is trained, and the page names the checkpoint.
+    weights = out / "train" / "last.pt"
+    again = tmp_path / "again"
+    assert main([*argv, "--out", str(again), "--weights", str(weights)]) == 0
+    printed = capsys.readouterr().out
+    assert "trains" not in printed and not (again / "train").exists()
+    page = (again / "index.html").read_text()
+    assert str(weights.resolve()) in page and "trained for" not in page
+
+
+def test_estimate_counts_only_the_stages_that_run():
+    from timecycle.demo import DemoConfig, estimate_seconds
+
+    synthetic = estimate_seconds(DemoConfig(steps=100), step_s=2.0)
+    assert list(synthetic) == ["generate", "train", "propagate", "report"]
+    assert synthetic["train"] > 100 * 2.0 * 0.99  # at least the steps themselves
+    frames = {"frames": 50, "width": 854, "height": 480}
+    clip = estimate_seconds(DemoConfig(steps=100, weights="w.pt"), step_s=2.0, clip=frames)
+    assert list(clip) == ["propagate", "report"]
+    longer = estimate_seconds(DemoConfig(weights="w.pt"), step_s=2.0, clip={**frames, "frames": 500})
+    assert longer["propagate"] > clip["propagate"]

@@ -12,9 +12,24 @@ from PIL import Image
 
 from timecycle.cli import main
 from timecycle.datasets.palette import VOC_PALETTE
-from timecycle.visualisation.curves import loss_series, nice_ticks, read_metrics, write_curves
+from timecycle.visualisation.curves import (
+    coincident_series,
+    collapse_warnings,
+    loss_series,
+    nice_ticks,
+    plot,
+    read_metrics,
+    write_curves,
+)
 from timecycle.visualisation.overlay import contour, grid, overlay_mask, write_animation
-from timecycle.visualisation.texture import carry_texture, checkerboard, select_frames, warp
+from timecycle.visualisation.texture import (
+    carry_texture,
+    checkerboard,
+    select_frames,
+    strip_captions,
+    warp,
+    write_texture_figure,
+)
 
 
 def _frames(n: int, h: int = 40, w: int = 56, seed: int = 0) -> list[np.ndarray]:
@@ -132,8 +147,11 @@ def test_cli_texture_strip_and_animation(tmp_path, capsys):
     code = main(["visualize", "texture", "--video", str(folder), "--encoder", "pixel", "--device", "cpu",
                  "--frames", "0,2", "--out", str(out)])
     assert code == 0 and "texture_strip.png" in capsys.readouterr().out
-    # 2 rows (frames, textures) of 2 columns, 4-pixel gaps; frames keep their size (no upscaling)
-    assert Image.open(out / "texture_strip.png").size == (2 * 56 + 4, 2 * 40 + 4)
+    # 2 rows (frames, textures) of 2 columns, 4-pixel gaps, under captions; frames keep their
+    # size (no upscaling)
+    strip = np.asarray(Image.open(out / "texture_strip.png").convert("RGB"))
+    assert strip.shape[1] == 2 * 56 + 4 and strip.shape[0] > 2 * 40 + 4
+    assert (strip[: -(2 * 40 + 4)] < 100).all(-1).sum() > 100  # the captions' text is drawn
     anim = Image.open(out / "texture.webp")
     assert anim.n_frames == 2 and anim.size == (2 * 56 + 4, 40)
 
@@ -144,7 +162,8 @@ def test_cli_texture_from_a_video_file(tmp_path, capsys):
     code = main(["visualize", "texture", "--video", str(video), "--encoder", "pixel", "--device", "cpu",
                  "--step", "2", "--texture", "colors", "--format", "gif", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    assert Image.open(out / "texture_strip.png").size == (3 * 64 + 2 * 4, 2 * 48 + 4)
+    width, height = Image.open(out / "texture_strip.png").size
+    assert width == 3 * 64 + 2 * 4 and height > 2 * 48 + 4
     assert _n_frames(out / "texture.gif") == 3
 
 
@@ -181,3 +200,58 @@ def test_loss_curves_png_from_metrics_jsonl(tmp_path):
     assert img.shape == (360 + 240, 760, 3)  # loss panel + throughput panel
     # the first series' colour (tab10 blue) is drawn
     assert (np.abs(img.astype(int) - [31, 119, 180]).sum(-1) < 10).sum() > 50
+
+
+def _colour_pixels(img: np.ndarray, hex_colour: str) -> int:
+    rgb = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return int((np.abs(img.astype(int) - rgb).sum(-1) < 10).sum())
+
+
+def test_coincident_series_stay_visible():
+    """A collapsed run logs long == skip: the line drawn second must not hide the first."""
+    steps = range(0, 100, 5)
+    series = {"loss": [(s, 1 / (1 + s)) for s in steps], "long": [(s, 0.3) for s in steps],
+              "skip": [(s, 0.3) for s in steps]}
+    assert coincident_series(series) == {"skip": "long"}
+    img = np.asarray(plot(series, "t", "step", "loss"))
+    plot_area = img[:, :480]  # left of the legend box (top right)
+    # long (tab10 orange) shows through skip's dashes (tab10 green), and skip is drawn too
+    assert _colour_pixels(plot_area, "#ff7f0e") > 100
+    assert _colour_pixels(plot_area, "#2ca02c") > 100
+    assert coincident_series({"long": [(0, 0.3), (5, 0.2)], "skip": [(0, 0.3), (5, 0.1)]}) == {}
+
+
+def test_training_page_flags_a_collapsed_similarity(tmp_path):
+    from timecycle.visualisation.curves import write_training_report
+
+    rows = [{"step": s, "loss": -3.0 - s / 100, "long": 0.3, "skip": 0.3,
+             "sim_feature": -3.5 - s / 200} for s in range(0, 100, 10)]
+    rows[-1]["sim_feature"] = -3.985
+    config = {"loss": {"step_reduction": "sum"}, "clip": {"n_past": 4}}
+    assert len(collapse_warnings(rows, config)) == 1
+    assert collapse_warnings(rows[:-1], config) == []  # -3.95 is not yet at the floor -4
+    mean = {"loss": {"step_reduction": "mean"}}  # the term averaged over steps: floor -1
+    assert len(collapse_warnings([{"step": 1, "sim_feature": -0.996}], mean)) == 1
+    assert collapse_warnings([{"step": 1, "sim_feature": -0.9}], mean) == []
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "config.json").write_text(json.dumps(config))
+    page = write_training_report(run).read_text()
+    assert 'class="warning"' in page and "collapsed" in page and "-3.985" in page
+    assert "skip equals long" in page
+
+
+def test_texture_strip_captions_say_which_row_is_which(tmp_path):
+    frames = _frames(3, 40, 200)
+    feats = [torch.from_numpy(f).permute(2, 0, 1).float() for f in frames]
+    for texture in ("checker", "colors"):
+        top, bottom = strip_captions(texture, [0, 4, 8])
+        assert top.startswith("Top row: frames 0, 4, 8") and bottom.startswith("Bottom row")
+        assert "Look for" in bottom
+        paths = write_texture_figure(frames, feats, tmp_path / texture, texture, radius=None,
+                                     indices=[0, 4, 8])
+        strip = np.asarray(Image.open(paths["strip"]).convert("RGB"))
+        band = strip[: strip.shape[0] - (2 * 40 + 4)]
+        assert band.shape[0] > 40  # two captions (wrapped) and the column labels
+        assert (band < 100).all(-1).sum() > 300

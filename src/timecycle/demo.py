@@ -10,6 +10,11 @@
 With `video` and `mask`, the same runs on a user's clip (a video file or a frame folder, and
 a first-frame mask): it is trained on (self-supervised, unless `weights` is given),
 propagated and shown; nothing is scored, as there are no later ground-truth masks.
+
+Before the work starts the demo prints an estimate of its duration on this machine: one
+training step is timed on random clips (`probe_step_seconds`) and the other stages are
+counted in such steps (`STAGE_STEPS`). Each stage then shows a progress bar with the time left.
+A failed demo removes what it wrote (`output_folder`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from timecycle.datasets.davis import DavisRoot
-from timecycle.datasets.io import read_frame, read_mask, write_json_atomic, write_mask, write_text_atomic
+from timecycle.datasets.io import (
+    output_folder,
+    read_frame,
+    read_mask,
+    write_json_atomic,
+    write_mask,
+    write_text_atomic,
+)
 from timecycle.errors import UserError
 
 SEQUENCE = "clip"  # the user's clip, laid out as a one-sequence DAVIS root
@@ -31,7 +42,7 @@ SEQUENCE = "clip"  # the user's clip, laid out as a one-sequence DAVIS root
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    steps: int = 100  # training steps of the small preset: about 2-3 minutes on 2 CPU cores
+    steps: int = 100  # training steps of the small preset (the estimate printed at start says how long)
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"
@@ -59,14 +70,10 @@ def _generate(out: Path, seed: int) -> tuple[Path, Path]:
     return train_dir, eval_dir
 
 
-def _clip_root(out: Path, video: str, mask: str) -> Path:
-    """Lay a user's clip and first-frame mask out as a one-sequence DAVIS root."""
+def _decode_clip(video: str) -> list:
+    """The frames of a user's clip (a video file or a frame folder), as (H, W, 3) uint8."""
     from timecycle.data.video import list_frame_files, read_frames as decode
 
-    root = out / "data" / "clip"
-    shutil.rmtree(root, ignore_errors=True)
-    frames_dir = root / "JPEGImages" / "480p" / SEQUENCE
-    frames_dir.mkdir(parents=True)
     src = Path(video)
     if src.is_dir():
         frames = [read_frame(src / n) for n in list_frame_files(src)]
@@ -82,29 +89,105 @@ def _clip_root(out: Path, video: str, mask: str) -> Path:
         raise UserError("no such video file or frame folder", src)
     if len(frames) < 2:
         raise UserError("the clip needs at least 2 frames", src)
+    return frames
+
+
+def _clip_root(out: Path, frames: list, mask: str) -> Path:
+    """Lay a user's clip and first-frame mask out as a one-sequence DAVIS root."""
     from PIL import Image
 
-    for i, f in enumerate(frames):
-        Image.fromarray(f).save(frames_dir / f"{i:05d}.jpg", quality=95)
     ids = read_mask(mask)
     if ids.shape != frames[0].shape[:2]:
         raise UserError(f"mask is {ids.shape[1]}x{ids.shape[0]}, the clip's frames "
                         f"{frames[0].shape[1]}x{frames[0].shape[0]}", mask)
+    root = out / "data" / "clip"
+    shutil.rmtree(root, ignore_errors=True)
+    frames_dir = root / "JPEGImages" / "480p" / SEQUENCE
+    frames_dir.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(frames_dir / f"{i:05d}.jpg", quality=95)
     write_mask(root / "Annotations" / "480p" / SEQUENCE / "00000.png", ids)
     return root
 
 
-def _train(cfg: DemoConfig, data: Path, out: Path) -> Path:
+def _train_config(cfg: DemoConfig, data: Path, run: Path):
     from timecycle.engine.config import make_config
+
+    return make_config("small", data=[str(data)], out=str(run), steps=cfg.steps,
+                       batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
+                       seed=cfg.seed, fps=None, loss=cfg.loss)
+
+
+def _train(cfg: DemoConfig, data: Path, out: Path) -> Path:
     from timecycle.engine.train import train
 
     run = out / "train"
     shutil.rmtree(run, ignore_errors=True)
-    config = make_config("small", data=[str(data)], out=str(run), steps=cfg.steps,
-                         batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
-                         seed=cfg.seed, fps=None, loss=cfg.loss)
-    train(config)
+    train(_train_config(cfg, data, run))
     return run / "last.pt"
+
+
+# The stages other than training, in probe steps (`probe_step_seconds`), as measured with
+# --steps 10 on a loaded 2-core CPU (probe 3.5 s; generate 4.1 s, propagate and score with the
+# four encoders 101 s, report 4.7 s): the ratios, not the seconds, carry over to another machine
+# or load. A training step cost 1.15 probe steps there (the DataLoader workers decode clips on
+# the same cores). A user's clip is propagated once, at about 3.4 probe steps per frame
+# megapixel (0.125 per 256x144 frame with the crw protocol).
+TRAIN_STEP_COST = 1.15
+STAGE_STEPS = {"generate": 1.2, "propagate": 29.0, "report": 1.3}
+CLIP_STEPS_PER_MEGAPIXEL = 3.4
+
+
+def probe_step_seconds(cfg: DemoConfig) -> float:
+    """Seconds that one training step of the demo's model takes on this machine now: the
+    second of two steps on random clips (the first pays for allocation and kernel choice)."""
+    import torch
+
+    from timecycle.engine.distributed import World, resolve_device
+    from timecycle.engine.train import train_step
+    from timecycle.tracker import TimeCycle
+
+    config = _train_config(cfg, Path("."), Path("."))
+    device = resolve_device(config.device, World())
+    loss_config, clip = config.loss_config(), config.clip_config()
+    state = torch.random.get_rng_state()
+    model = TimeCycle.build(config.arch, loss_config, config.crop, config.patch, config.seed)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    b = config.batch_size
+    batch = {"frames": torch.rand(b, clip.n_past + 1, 3, config.crop, config.crop),
+             "patch": torch.rand(b, 3, config.patch, config.patch),
+             "theta_gt": torch.eye(2, 3).expand(b, 2, 3).contiguous()}
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        train_step(model, optimizer, batch, loss_config, config.grad_clip, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    torch.random.set_rng_state(state)  # the demo's own draws are unchanged by the probe
+    return times[-1]
+
+
+def estimate_seconds(cfg: DemoConfig, step_s: float, clip: dict | None = None) -> dict[str, float]:
+    """{stage: estimated seconds} for the stages this demo will run, from one probe step of
+    `step_s` seconds. `clip`: the user's clip ({frames, width, height}), else the synthetic set."""
+    stages: dict[str, float] = {}
+    if clip is None:
+        stages["generate"] = STAGE_STEPS["generate"] * step_s
+    if cfg.weights is None:
+        stages["train"] = cfg.steps * TRAIN_STEP_COST * step_s
+    if clip is None:
+        stages["propagate"] = STAGE_STEPS["propagate"] * step_s
+    else:
+        megapixels = clip["frames"] * clip["width"] * clip["height"] / 1e6
+        stages["propagate"] = CLIP_STEPS_PER_MEGAPIXEL * megapixels * step_s
+    stages["report"] = STAGE_STEPS["report"] * step_s
+    return stages
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, encoder: str,
@@ -113,7 +196,7 @@ def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, en
 
     argv = ["propagate", "davis", "--root", str(root.root), "--sequences", ",".join(names),
             "--encoder", encoder, "--protocol", cfg.protocol, "--device", cfg.device,
-            "--seed", str(cfg.seed), "--out", str(out), "--quiet"]
+            "--seed", str(cfg.seed), "--out", str(out)]
     if weights is not None:
         argv += ["--weights", str(weights)]
     if evaluate:
@@ -126,38 +209,77 @@ def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, en
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run the demo; returns {encoder: J&F or None} and writes cfg.out/index.html."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    """Run the demo; returns {encoder: J&F or None} and writes cfg.out/index.html.
+
+    If it fails, what it wrote is removed again (a folder that existed keeps its old files).
+    """
     if (cfg.video is None) != (cfg.mask is None):
         raise UserError("--video and --mask go together")
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise UserError("no such checkpoint", cfg.weights)
+    from timecycle.propagation.protocols import get_protocol
+
+    get_protocol(cfg.protocol)  # an unknown name is reported now, not after the training
+    with output_folder(cfg.out) as out:
+        return _run_demo(cfg, out)
+
+
+def _run_demo(cfg: DemoConfig, out: Path) -> dict:
+    start = time.perf_counter()
+    clip = None
     if cfg.video:
-        _say(f"laying out {cfg.video} with its first-frame mask")
-        eval_root = _clip_root(out, cfg.video, cfg.mask)
+        frames = _decode_clip(cfg.video)
+        read_mask(cfg.mask)  # a bad mask is reported before the estimate and the training
+        h, w = frames[0].shape[:2]
+        clip = {"video": str(Path(cfg.video).resolve()), "frames": len(frames),
+                "width": w, "height": h}
+    _say("timing one training step to estimate how long this takes ...")
+    stages = estimate_seconds(cfg, probe_step_seconds(cfg), clip)
+    _say(f"estimated {_minutes(sum(stages.values()))} on this machine now: "
+         + ", ".join(f"{k} {_minutes(v)}" for k, v in stages.items())
+         + "; each stage shows a progress bar with the time left")
+    if cfg.weights is None:
+        what = "your clip" if clip else "the synthetic training videos"
+        _say(f"it trains the small preset (ResNet-18) on {what} for {cfg.steps} steps, about "
+             f"{_minutes(stages['train'])}" + ("; pass --weights CHECKPOINT (e.g. a run's "
+                                               "last.pt) to skip training" if clip else ""))
+    n_stages, stage = len(stages), iter(range(1, len(stages) + 1))
+
+    def begin(name: str, text: str) -> None:
+        _say(f"stage {next(stage)}/{n_stages}: {text} (about {_minutes(stages[name])})")
+
+    if clip:
+        _say(f"laying out {cfg.video} ({clip['frames']} frames, {clip['width']}x{clip['height']}) "
+             "with its first-frame mask")
+        eval_root = _clip_root(out, frames, cfg.mask)
         train_data = eval_root / "JPEGImages" / "480p"
     else:
-        _say("generating synthetic training videos and a labelled evaluation set")
+        begin("generate", "generating synthetic training videos and a labelled evaluation set")
         train_data, eval_root = _generate(out, cfg.seed)
-    weights = Path(cfg.weights) if cfg.weights else None
+    weights = Path(cfg.weights).resolve() if cfg.weights else None
     if weights is None:
-        _say(f"training the small preset for {cfg.steps} steps (ResNet-18, CPU-sized)")
+        begin("train", f"training the small preset for {cfg.steps} steps (ResNet-18, CPU-sized)")
         weights = _train(cfg, train_data, out)
     root = DavisRoot(eval_root)
-    names = [SEQUENCE] if cfg.video else root.sequence_names()
-    evaluate = cfg.video is None
+    names = [SEQUENCE] if clip else root.sequence_names()
+    evaluate = clip is None
     runs = {"trained": ("resnet18", weights), "random-init": ("resnet18", None),
             "pixel": ("pixel", None), "identity": ("identity", None)}
-    if cfg.video:
+    if clip:
         runs = {"trained": runs["trained"]}
+    begin("propagate", f"propagating the first-frame masks with {len(runs)} encoder(s), "
+                       f"{cfg.protocol} protocol" + (", then scoring them" if evaluate else ""))
     scores: dict[str, float | None] = {}
     for label, (encoder, w) in runs.items():
-        _say(f"propagating with {label} ({encoder}, {cfg.protocol} protocol)")
+        _say(f"  {label} ({encoder})")
         scores[label] = _propagate(cfg, root, names, out / "results" / label, encoder, w, evaluate)
-    report = _report(out, scores, root)
+    begin("report", "writing the report pages and animations")
+    report = _report(out, scores, root, cfg, clip, trained=cfg.weights is None)
     elapsed = time.perf_counter() - start
     write_json_atomic(out / "summary.json", {"scores": scores, "seconds": round(elapsed, 1),
-                                             "protocol": cfg.protocol, "weights": str(weights)})
+                                             "estimated_seconds": round(sum(stages.values()), 1),
+                                             "protocol": cfg.protocol, "weights": str(weights),
+                                             "clip": clip})
     _say(f"done in {elapsed / 60:.1f} min")
     if evaluate:
         _say("J&F-Mean on the synthetic evaluation set (higher is better):")
@@ -167,32 +289,47 @@ def run_demo(cfg: DemoConfig) -> dict:
     return scores
 
 
-def _report(out: Path, scores: dict[str, float | None], root: DavisRoot) -> Path:
-    """An index page: the scores of each encoder as a table and a bar chart, linking each
-    run's own report (animated overlays, per-sequence scores) and the training curves."""
+def _report(out: Path, scores: dict[str, float | None], root: DavisRoot, cfg: DemoConfig,
+            clip: dict | None, trained: bool) -> Path:
+    """An index page: what was run (the synthetic set or the user's clip, the protocol), the
+    scores of each encoder as a table and a bar chart, linking each run's own report (animated
+    overlays, per-sequence scores) and the training curves."""
     import html
 
     from timecycle.visualisation.curves import write_training_report
     from timecycle.visualisation.report import PAGE_CSS, bar_chart_svg, write_report
 
+    e = html.escape
     rows = ["<tr><th>encoder</th><th>J&amp;F-Mean</th><th>report</th></tr>"]
     for label, jf in scores.items():
         page = write_report(out / "results" / label, root=root.root)
-        href = html.escape(page.relative_to(out).as_posix())
+        href = e(page.relative_to(out).as_posix())
         score = "-" if jf is None else f"{jf:.3f}"
-        rows.append(f'<tr><td>{html.escape(label)}</td><td>{score}</td>'
+        rows.append(f'<tr><td>{e(label)}</td><td>{score}</td>'
                     f'<td><a href="{href}">overlays and per-sequence scores</a></td></tr>')
     table = "<table>" + "".join(rows) + "</table>"
+    encoder = (f"a ResNet-18 trained for {cfg.steps} steps (small preset, {e(cfg.loss)} loss) on "
+               + ("this clip" if clip else "separate synthetic training videos") if trained
+               else f"the checkpoint <code>{e(str(Path(cfg.weights).resolve()))}</code>")
+    protocol = f"the <code>{e(cfg.protocol)}</code> propagation protocol"
+    if clip:
+        what = (f"<p>Your clip <code>{e(clip['video'])}</code> ({clip['frames']} frames, "
+                f"{clip['width']}x{clip['height']}): its first-frame mask propagated to every later "
+                f"frame with {protocol}, by {encoder}. Not scored: the clip has no ground-truth "
+                "masks after the first frame; judge the overlays.</p>")
+    else:
+        what = (f"<p>Label propagation of first-frame masks with {protocol} on synthetic "
+                f"sequences the encoder never saw, scored with the DAVIS J&amp;F; the encoders: "
+                f"{encoder}, the same network randomly initialised, the pixel colour baseline "
+                "and identity (every frame gets frame 0's mask).</p>")
     parts = [f"<!doctype html><meta charset='utf-8'><title>timecycle demo</title><style>{PAGE_CSS}</style>",
-             "<h1>timecycle demo</h1>",
-             "<p>Label propagation of first-frame masks (crw protocol) on synthetic sequences the "
-             "encoder never saw, scored with the DAVIS J&amp;F.</p>", table]
+             "<h1>timecycle demo</h1>", what, table]
     if all(v is not None for v in scores.values()):
         parts.append(bar_chart_svg({k: float(v) for k, v in scores.items()}, "J&F-Mean"))
     run = out / "train"
-    if (run / "metrics.jsonl").is_file():
+    if trained and (run / "metrics.jsonl").is_file():
         page = write_training_report(run)
-        parts.append(f'<p><a href="{html.escape(page.relative_to(out).as_posix())}">training curves and configuration</a></p>')
+        parts.append(f'<p><a href="{e(page.relative_to(out).as_posix())}">training curves and configuration</a></p>')
     index = out / "index.html"
     write_text_atomic(index, "\n".join(parts))
     return index

@@ -6,13 +6,17 @@
     timecycle demo
 
 A user's mistake (`UserError`) is reported on one line with exit status 2; anything else is a
-bug and keeps its traceback.
+bug and keeps its traceback. A message never lands on a progress bar's line: open bars are
+closed first. timecycle's own warnings (a skipped video, a passed-over checkpoint) print as one
+`timecycle: warning:` line, without Python's file, line number and source line.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from timecycle import __version__
 from timecycle.errors import UserError
@@ -32,14 +36,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _ours(category: type[Warning], filename: str) -> bool:
+    from timecycle.data.video import BadVideoWarning
+
+    return issubclass(category, BadVideoWarning) or str(filename).startswith(_PACKAGE)
+
+
+def _close_progress_bars() -> None:
+    """Close every tqdm bar still open (an error skipped its close) and end the line, so that
+    what is printed next starts on a fresh line."""
+    from tqdm import tqdm
+
+    bars = sorted(getattr(tqdm, "_instances", ()), key=lambda b: -abs(b.pos))  # innermost first
+    for bar in bars:
+        bar.close()
+    if bars:  # nested bars leave the cursor mid-line (after moving it up): start a new one
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _one_line_warnings(default):
+    """A `warnings.showwarning` that prints timecycle's warnings as one line and passes the
+    others to `default`."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if not _ours(category, filename):
+            default(message, category, filename, lineno, file, line)
+            return
+        from tqdm import tqdm
+
+        stream = file or sys.stderr
+        with tqdm.external_write_mode(file=stream):  # lifts a bar off its line, redraws it
+            print(f"timecycle: warning: {message}", file=stream, flush=True)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except UserError as err:
-        print(f"timecycle: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("timecycle: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # the one-line format only while the command runs
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            return int(args.run(args) or 0)
+        except UserError as err:
+            _close_progress_bars()
+            print(f"timecycle: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            _close_progress_bars()
+            print("timecycle: interrupted", file=sys.stderr)
+            return 130
+        except BaseException:
+            _close_progress_bars()  # a bug's traceback also starts on its own line
+            raise

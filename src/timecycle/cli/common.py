@@ -4,6 +4,7 @@ options, set-up and report that `timecycle propagate davis|jhmdb|vip` share."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from timecycle.datasets.davis import DavisRoot
 from timecycle.encoder import ENCODERS, build_encoder
@@ -48,7 +49,7 @@ def load_encoder(args: argparse.Namespace):
     info["head"] = head
     if args.weights:
         loaded = load_weights(encoder, args.weights)
-        info["weights"] = {"path": str(args.weights), "sha256": loaded.sha256,
+        info["weights"] = {"path": str(Path(args.weights).resolve()), "sha256": loaded.sha256,
                            "format": loaded.format, "padding_mode": loaded.padding_mode}
     return encoder, info
 

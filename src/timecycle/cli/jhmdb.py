@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from timecycle.cli.common import add_propagate_args, print_propagated, start_propagation
+from timecycle.datasets.io import output_folder
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
 
 PRESETS = PROTOCOLS_BY_BENCHMARK["jhmdb"]
@@ -51,17 +52,18 @@ def run_propagate(args: argparse.Namespace) -> int:
     from timecycle.propagation.jhmdb import propagate_jhmdb
     from timecycle.propagation.presets import KEYPOINT_READOUTS, get_benchmark_protocol
 
-    protocol = get_benchmark_protocol("jhmdb", args.protocol)
-    readout = KEYPOINT_READOUTS[args.protocol]
-    root = JhmdbRoot(args.root)
-    names = root.video_names(args.videos)
-    frame_encoder, provenance = start_propagation(
-        args, "jhmdb", protocol, {"jhmdb_root": str(root.root)})
-    stats = propagate_jhmdb(root, names, args.out, frame_encoder, protocol, readout, provenance,
-                            args.batch_size, args.tile, progress=not args.quiet)
-    print_propagated(stats, len(names), "videos", args.out)
-    if args.evaluate:
-        evaluate_and_print(root, args.out, names)
+    with output_folder(args.out):  # checked first; what a failed run added is removed
+        protocol = get_benchmark_protocol("jhmdb", args.protocol)
+        readout = KEYPOINT_READOUTS[args.protocol]
+        root = JhmdbRoot(args.root)
+        names = root.video_names(args.videos)
+        frame_encoder, provenance = start_propagation(
+            args, "jhmdb", protocol, {"jhmdb_root": str(root.root.resolve())})
+        stats = propagate_jhmdb(root, names, args.out, frame_encoder, protocol, readout,
+                                provenance, args.batch_size, args.tile, progress=not args.quiet)
+        print_propagated(stats, len(names), "videos", args.out)
+        if args.evaluate:
+            evaluate_and_print(root, args.out, names)
     return 0
 
 

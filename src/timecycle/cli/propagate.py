@@ -11,6 +11,7 @@ from timecycle.cli.common import (
     print_propagated,
     start_propagation,
 )
+from timecycle.datasets.io import output_folder
 from timecycle.propagation.protocols import PROTOCOLS, get_protocol
 
 
@@ -30,16 +31,18 @@ def register(sub) -> None:
 def run_davis(args: argparse.Namespace) -> int:
     from timecycle.propagation.davis import propagate_davis
 
-    protocol = get_protocol(args.protocol)
-    root = davis_root(args)
-    names = root.sequence_names(args.sequences)
-    frame_encoder, provenance = start_propagation(
-        args, "davis", protocol, {"davis_root": str(root.root), "year": root.year})
-    stats = propagate_davis(root, names, args.out, frame_encoder, protocol, provenance,
-                            args.batch_size, args.tile, progress=not args.quiet)
-    print_propagated(stats, len(names), "sequences", args.out)
-    if args.evaluate:
-        from timecycle.cli.evaluate import evaluate_and_print
+    with output_folder(args.out):  # checked first; what a failed run added is removed
+        protocol = get_protocol(args.protocol)
+        root = davis_root(args)
+        names = root.sequence_names(args.sequences)
+        # Absolute: `timecycle report` reads the frames from here, from any folder.
+        frame_encoder, provenance = start_propagation(
+            args, "davis", protocol, {"davis_root": str(root.root.resolve()), "year": root.year})
+        stats = propagate_davis(root, names, args.out, frame_encoder, protocol, provenance,
+                                args.batch_size, args.tile, progress=not args.quiet)
+        print_propagated(stats, len(names), "sequences", args.out)
+        if args.evaluate:
+            from timecycle.cli.evaluate import evaluate_and_print
 
-        evaluate_and_print(root, args.out, names, progress=not args.quiet)
+            evaluate_and_print(root, args.out, names, progress=not args.quiet)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from timecycle.datasets.io import output_folder
 from timecycle.errors import UserError
 
 
@@ -32,12 +33,14 @@ def run_report(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.is_dir():
         raise UserError("no such folder", path)
-    if (path / METRICS_FILE).is_file():
-        if args.root:
-            raise UserError("--root applies to propagation results, not to a training run")
-        index = write_training_report(path, args.out)
-    else:
-        index = write_report(path, args.out, args.root, fmt=args.format, fps=args.fps,
-                             max_width=args.max_width)
+    training = (path / METRICS_FILE).is_file()
+    if training and args.root:
+        raise UserError("--root applies to propagation results, not to a training run")
+    with output_folder(args.out or path / "report") as out:
+        if training:
+            index = write_training_report(path, out)
+        else:
+            index = write_report(path, out, args.root, fmt=args.format, fps=args.fps,
+                                 max_width=args.max_width)
     print(index)
     return 0

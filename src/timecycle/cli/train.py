@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -122,15 +123,21 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from timecycle.datasets.io import check_output_folder, output_folder
+    from timecycle.engine.checkpoint import has_checkpoint
     from timecycle.engine.distributed import world_from_env
     from timecycle.engine.logging import read_metrics
     from timecycle.engine.signals import EXIT_STOPPED, stop_on_signals
     from timecycle.engine.train import run_training
 
+    check_output_folder(args.out)
     config = config_from_args(args)
     world = world_from_env()
     who = f"timecycle (rank {world.rank})" if world.distributed else "timecycle"
-    with stop_on_signals(announce=who) as stop:
+    # A failed run leaves nothing new in RUN unless it saved a checkpoint (kept for --resume);
+    # rank 0 alone writes there, so it alone tidies.
+    tidy = output_folder(config.out, keep=has_checkpoint) if world.is_main else nullcontext()
+    with tidy, stop_on_signals(announce=who) as stop:
         outcome = run_training(config, resume=args.resume, stop=stop)
     last = outcome.run_dir / "last.pt"
     if outcome.stopped:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from timecycle.cli.common import add_propagate_args, print_propagated, start_propagation
+from timecycle.datasets.io import output_folder
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
 
 PRESETS = PROTOCOLS_BY_BENCHMARK["vip"]
@@ -46,16 +47,17 @@ def run_propagate(args: argparse.Namespace) -> int:
     from timecycle.propagation.presets import get_benchmark_protocol
     from timecycle.propagation.vip import propagate_vip
 
-    protocol = get_benchmark_protocol("vip", args.protocol)
-    root = VipRoot(args.root)
-    names = root.video_names(args.videos)
-    frame_encoder, provenance = start_propagation(
-        args, "vip", protocol, {"vip_root": str(root.root)})
-    stats = propagate_vip(root, names, args.out, frame_encoder, protocol, provenance,
-                          args.batch_size, args.tile, progress=not args.quiet)
-    print_propagated(stats, len(names), "videos", args.out)
-    if args.evaluate:
-        evaluate_and_print(root, args.out, names)
+    with output_folder(args.out):  # checked first; what a failed run added is removed
+        protocol = get_benchmark_protocol("vip", args.protocol)
+        root = VipRoot(args.root)
+        names = root.video_names(args.videos)
+        frame_encoder, provenance = start_propagation(
+            args, "vip", protocol, {"vip_root": str(root.root.resolve())})
+        stats = propagate_vip(root, names, args.out, frame_encoder, protocol, provenance,
+                              args.batch_size, args.tile, progress=not args.quiet)
+        print_propagated(stats, len(names), "videos", args.out)
+        if args.evaluate:
+            evaluate_and_print(root, args.out, names)
     return 0
 
 

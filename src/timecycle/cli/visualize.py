@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from timecycle.cli.common import add_encoder_args, load_encoder
+from timecycle.datasets.io import check_output_folder, output_folder
 from timecycle.errors import UserError
 
 
@@ -55,6 +56,7 @@ def run_texture(args: argparse.Namespace) -> int:
     from timecycle.propagation.video import FrameEncoder
     from timecycle.visualisation.texture import encode, read_video, write_texture_figure
 
+    check_output_folder(args.out)  # before the encoder and the video are loaded
     encoder, _ = load_encoder(args)
     if encoder is None:
         raise UserError("the identity baseline has no features to match; choose another --encoder")
@@ -62,7 +64,9 @@ def run_texture(args: argparse.Namespace) -> int:
                                  step=args.step, max_frames=args.max_frames)
     # CRW protocol: frames encoded at their own size, which keeps the strip and features aligned.
     feats = encode(frames, FrameEncoder(encoder, CRW, resolve_device(args.device)))
-    paths = write_texture_figure(list(frames), feats, args.out, args.texture, args.topk,
-                                 args.temperature, args.radius or None, args.format, args.fps)
+    with output_folder(args.out) as out:
+        paths = write_texture_figure(list(frames), feats, out, args.texture, args.topk,
+                                     args.temperature, args.radius or None, args.format,
+                                     args.fps, indices=indices)
     print(f"frames {','.join(map(str, indices))}: {paths['strip']} {paths['animation']}")
     return 0

@@ -3,6 +3,8 @@
 Every reader raises `UserError` naming the file and the problem (missing, truncated, wrong
 mode), so the CLI can report it in one line. Every writer goes through a temporary file in the
 same folder and `os.replace`, so a killed run never leaves a truncated file that looks complete.
+A command's output folder is checked before any work (`check_output_folder`) and tidied when
+the command fails (`output_folder`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +131,87 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     data = encode_mask_png(mask)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)  # no fsync per frame: the rename alone keeps a killed run clean
+
+
+def _writable(folder: Path) -> bool:
+    # access() also reports a read-only filesystem (EROFS), not only the permission bits.
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """`path` as an output folder that can be made and written, else a UserError naming it.
+
+    Nothing is created: the folder itself, or its nearest existing parent, is checked. A file
+    at `path` (or at a parent) and a folder that cannot be written (no permission, read-only
+    filesystem) are refused.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError("exists and is not a folder; choose a folder for --out", path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create the folder: {existing} is a file", path)
+    if not _writable(existing):
+        where = "" if existing == path else f" (in {existing})"
+        raise UserError(f"cannot write here{where}: no permission or a read-only filesystem", path)
+    return path
+
+
+def _entries(folder: Path) -> set[str]:
+    """Every path under `folder` (files and folders, at any depth)."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        found.update(os.path.join(dirpath, n) for n in dirnames + filenames)
+    return found
+
+
+def _remove_new(folder: Path, before: set[str]) -> None:
+    """Remove every path under `folder` that is not in `before`."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in list(dirnames):
+            if os.path.join(dirpath, name) not in before:
+                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+                dirnames.remove(name)
+        for name in filenames:
+            if os.path.join(dirpath, name) not in before:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+
+
+def _inside(name: object, folder: Path) -> bool:
+    if not isinstance(name, (str, os.PathLike)):
+        return False
+    return Path(os.path.abspath(name)).is_relative_to(os.path.abspath(folder))
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """A command's output folder: checked first (`check_output_folder`), tidied if it fails.
+
+    If the block raises (a user error, a bug, Ctrl-C), everything it added under `path` is
+    removed again (and `path` itself, with any parents, when the block made it), so a failed
+    command leaves nothing that was not there before; `keep(path)` True keeps the partial
+    output (a run with a checkpoint that `--resume` continues). Files the block changed or
+    replaced stay as they are now. An OSError on a file inside `path` (disk full, read-only)
+    becomes a UserError naming that file.
+    """
+    path = check_output_folder(path)
+    top = path  # the outermost folder the block will create
+    while not top.parent.exists():
+        top = top.parent
+    existed = path.exists()
+    before = _entries(path) if existed else set()
+    try:
+        yield path
+    except BaseException as err:
+        if keep is None or not keep(path):
+            if existed:
+                _remove_new(path, before)
+            else:
+                shutil.rmtree(top, ignore_errors=True)
+        if isinstance(err, OSError) and _inside(err.filename, path):
+            reason = err.strerror or type(err).__name__
+            raise UserError(f"cannot write ({reason})", err.filename) from None
+        raise

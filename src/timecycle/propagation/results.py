@@ -1,7 +1,8 @@
 """A results folder of any benchmark: stale files removed first, each item written into a
-hidden `.partial-<name>` folder and renamed into place when complete, the run's provenance
-(`propagation.json`) written last. A killed run therefore never leaves a folder that looks
-complete, and no evaluation of older predictions survives a new propagation.
+hidden `.partial-<name>` folder and renamed into place when complete (removed if the item
+fails), the run's provenance (`propagation.json`) written last. A killed run therefore never
+leaves a folder that looks complete, and no evaluation of older predictions survives a new
+propagation.
 
 Also the shared runner for mask benchmarks (DAVIS objects, VIP parts): one palettised PNG per
 frame at the annotation's size, frame 0 a copy of its annotation.
@@ -14,7 +15,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,15 +106,32 @@ def read_provenance(results: Path) -> dict | None:
 
 @contextlib.contextmanager
 def partial_folder(out_dir: Path, name: str) -> Iterator[Path]:
-    """Yield `.partial-<name>`; on success it replaces `<name>`, on failure it is left hidden."""
+    """Yield `.partial-<name>`; on success it replaces `<name>`, on failure it is removed."""
     partial = out_dir / f".partial-{name}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    yield partial
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     final = out_dir / name
     if final.exists():
         shutil.rmtree(final)
     partial.rename(final)
+
+
+@contextlib.contextmanager
+def _settled(jobs: list[Future]) -> Iterator[None]:
+    """On failure, cancel the writes not yet started and wait for the running ones, so that
+    none lands in (and re-creates) a partial folder being removed."""
+    try:
+        yield
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        wait(jobs)
+        raise
 
 
 def propagate_masks(
@@ -138,8 +156,9 @@ def propagate_masks(
     present = np.unique(ids0)
     out_hw = ids0.shape
     bar = tqdm(total=len(frames), desc=name, unit="frame", disable=not progress, leave=False)
-    with partial_folder(out_dir, name) as partial:
-        pending = [writer.submit(write_mask, partial / f"{frames[0].stem}.png", ids0)]
+    pending: list[Future] = []
+    with partial_folder(out_dir, name) as partial, _settled(pending):
+        pending.append(writer.submit(write_mask, partial / f"{frames[0].stem}.png", ids0))
         bar.update(1)
         if frame_encoder is None:
             for frame in frames[1:]:

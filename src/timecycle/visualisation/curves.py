@@ -4,6 +4,11 @@
 step, the weighted total (`loss`; `total` is accepted too), the loss terms (`long`, `skip`,
 `sim_*`) and throughput (`clips_per_s`). Every numeric field that is not bookkeeping is drawn
 as a loss term, so a new term shows up without a change here.
+
+Nothing is hidden: a series that lies on an earlier one (in a collapsed run `long` and `skip`
+are equal) is drawn dashed with markers and named "(= other)" in the legend and on the page,
+and a feature-similarity term at its floor (all features alike: the paper loss's trivial
+minimum) is flagged on the page, so that a falling total does not read as learning.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
           "#bcbd22", "#17becf"]
 
 Series = dict[str, list[tuple[float, float]]]
+COINCIDENT = 0.005  # series closer than this share of the plot's value range draw as one line
+FLOOR_MARGIN = 0.01  # a similarity term within this share of its floor has collapsed
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -59,6 +66,50 @@ def loss_series(rows: list[dict]) -> Series:
             if k not in NOT_LOSSES and _numeric(v):
                 series.setdefault(k, []).append((row["step"], float(v)))
     return dict(sorted(series.items(), key=lambda kv: (kv[0] not in ("loss", "total"), kv[0])))
+
+
+def coincident_series(series: Series, tol: float = COINCIDENT) -> dict[str, str]:
+    """{name: earlier name} for each series whose points all equal an earlier series' (same
+    steps, values within `tol` of the value range of all series): drawn, it would hide it."""
+    ys = [y for pts in series.values() for _, y in pts]
+    if not ys:
+        return {}
+    limit = tol * ((max(ys) - min(ys)) or abs(ys[0]) or 1.0)
+    same: dict[str, str] = {}
+    names = list(series)
+    for i, name in enumerate(names):
+        for other in names[:i]:
+            a, b = series[name], series[other]
+            if len(a) == len(b) and all(xa == xb and abs(ya - yb) <= limit
+                                        for (xa, ya), (xb, yb) in zip(a, b)):
+                same[name] = same.get(other, other)
+                break
+    return same
+
+
+def similarity_floor(config: dict | None) -> float:
+    """The lowest value of the logged `sim_feature` term: -1 per step (identical unit features),
+    summed over the K = n_past steps (paper, `step_reduction` sum) or averaged (-1)."""
+    config = config or {}
+    loss, clip = config.get("loss") or {}, config.get("clip") or {}
+    steps = int(clip.get("n_past", 4))  # ClipConfig.n_past default (SPEC 4)
+    return -float(steps) if loss.get("step_reduction", "sum") == "sum" else -1.0
+
+
+def collapse_warnings(rows: list[dict], config: dict | None = None,
+                      margin: float = FLOOR_MARGIN) -> list[str]:
+    """One sentence per similarity term whose last logged value is at its floor."""
+    values = [(r["step"], float(r["sim_feature"])) for r in rows if _numeric(r.get("sim_feature"))]
+    if not values:
+        return []
+    floor = similarity_floor(config)
+    step, last = values[-1]
+    if last > floor + margin * abs(floor):
+        return []
+    return [f"sim_feature is {last:.3f} at step {step:g}, at its floor {floor:g}: every feature "
+            "matches every other (the similarity term has collapsed), so a falling total loss "
+            "here is not learning. The README's Training section says what to try (e.g. --loss "
+            "code --query crop --warmup-steps N)."]
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -116,22 +167,58 @@ def plot(
     ylab = Image.new("RGB", (bottom - top, 20), "white")  # drawn level, then turned upright
     ImageDraw.Draw(ylab).text(((bottom - top) // 2, 10), ylabel, fill="black", font=font, anchor="mm")
     img.paste(ylab.rotate(90, expand=True), (4, top))
+    same = coincident_series(series)
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         xy = [at(x, y) for x, y in pts]
-        if len(xy) > 1:
+        if name in same:  # dashed, so the line under it shows through the gaps
+            _dashed(draw, xy, color)
+            _markers(draw, xy, color)
+        elif len(xy) > 1:
             draw.line(xy, fill=color, width=2, joint="curve")
         else:
             draw.ellipse([xy[0][0] - 3, xy[0][1] - 3, xy[0][0] + 3, xy[0][1] + 3], fill=color)
     # Legend in the top-right corner of the plot area, on white so lines do not cross it.
-    width = max(draw.textlength(n, font=small) for n in series) + 34
+    labels = {n: f"{n} (= {same[n]})" if n in same else n for n in series}
+    width = max(draw.textlength(t, font=small) for t in labels.values()) + 34
     lx, ly = right - width - 6, top + 6
     draw.rectangle([lx, ly, right - 6, ly + 16 * len(series) + 6], fill="white", outline="#999")
     for i, name in enumerate(series):
         y = ly + 11 + 16 * i
-        draw.line([(lx + 6, y), (lx + 24, y)], fill=COLORS[i % len(COLORS)], width=3)
-        draw.text((lx + 28, y), name, fill="black", font=small, anchor="lm")
+        color = COLORS[i % len(COLORS)]
+        if name in same:
+            _dashed(draw, [(lx + 6, y), (lx + 24, y)], color, width=3, dash=5, gap=3)
+        else:
+            draw.line([(lx + 6, y), (lx + 24, y)], fill=color, width=3)
+        draw.text((lx + 28, y), labels[name], fill="black", font=small, anchor="lm")
     return img
+
+
+def _dashed(draw: ImageDraw.ImageDraw, xy: list[tuple[float, float]], color: str, width: int = 2,
+            dash: float = 9, gap: float = 7) -> None:
+    """A polyline drawn as dashes `dash` px long, `gap` px apart, continued across vertices."""
+    pos, period = 0.0, dash + gap  # pos: distance along the line, modulo the period
+    for (xa, ya), (xb, yb) in zip(xy[:-1], xy[1:]):
+        length = math.hypot(xb - xa, yb - ya)
+        t = 0.0
+        while t < length:
+            phase = pos % period
+            run = (dash - phase) if phase < dash else (period - phase)
+            end = min(length, t + run)
+            if phase < dash:
+                f0, f1 = t / length, end / length
+                draw.line([(xa + f0 * (xb - xa), ya + f0 * (yb - ya)),
+                           (xa + f1 * (xb - xa), ya + f1 * (yb - ya))], fill=color, width=width)
+            pos += end - t
+            t = end
+
+
+def _markers(draw: ImageDraw.ImageDraw, xy: list[tuple[float, float]], color: str,
+             most: int = 40) -> None:
+    """Hollow squares on the points (at most `most`, evenly picked)."""
+    every = max(1, math.ceil(len(xy) / most))
+    for x, y in xy[::every]:
+        draw.rectangle([x - 3, y - 3, x + 3, y + 3], outline=color, width=1)
 
 
 def write_curves(rows: list[dict], path: str | Path) -> Path:
@@ -148,6 +235,14 @@ def write_curves(rows: list[dict], path: str | Path) -> Path:
     return write_image(path, np.asarray(figure))
 
 
+def _read_config(path: Path) -> dict | None:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def write_training_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write `<out or run_dir/report>/index.html` with the curves and the run's config.
 
@@ -157,6 +252,7 @@ def write_training_report(run_dir: str | Path, out: str | Path | None = None) ->
 
     run = Path(run_dir)
     rows = read_metrics(run / METRICS_FILE)
+    config = _read_config(run / "config.json")
     out_dir = Path(out) if out else run / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_curves(rows, out_dir / "curves.png")
@@ -164,6 +260,8 @@ def write_training_report(run_dir: str | Path, out: str | Path | None = None) ->
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>timecycle training "
              f"report</title><style>{PAGE_CSS}</style></head><body>",
              f"<h1>Training run: <code>{e(str(run))}</code></h1>"]
+    parts += [f'<p class="warning"><strong>Collapsed:</strong> {e(w)}</p>'
+              for w in collapse_warnings(rows, config)]
     if rows:
         last = rows[-1]
         summary = {"lines logged": len(rows), "last step": last["step"]}
@@ -174,12 +272,14 @@ def write_training_report(run_dir: str | Path, out: str | Path | None = None) ->
     else:
         parts.append('<p class="note">metrics.jsonl holds no metric lines yet.</p>')
     parts.append('<h2>Curves</h2><img src="curves.png" alt="loss curves">')
-    config = run / "config.json"
-    if config.is_file():
-        try:
-            text = json.dumps(json.loads(config.read_text()), indent=2)
-        except json.JSONDecodeError:
-            text = config.read_text()
+    same = coincident_series(loss_series(rows))
+    if same:
+        pairs = "; ".join(f"{e(a)} equals {e(b)}" for a, b in same.items())
+        parts.append(f'<p class="note">Drawn dashed with markers, over the line it equals: '
+                     f'{pairs}.</p>')
+    config_file = run / "config.json"
+    if config_file.is_file():
+        text = json.dumps(config, indent=2) if config is not None else config_file.read_text()
         parts.append(f"<h2>Config</h2><pre>{e(text)}</pre>")
     parts.append("</body></html>\n")
     index = out_dir / "index.html"

@@ -130,6 +130,38 @@ def grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 4, fill: int = 255) ->
     return out
 
 
+def text_band(lines: Sequence[str], width: int, size: int = 13, pad: int = 4,
+              columns: Sequence[int] | None = None) -> np.ndarray:
+    """(h, width, 3) uint8 white band with black text: each of `lines` word-wrapped to the
+    width, or with `columns` (x offsets) one short label per column on a single line."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    if columns is not None:
+        rows, xs = [list(lines)], list(columns)
+    else:
+        rows = []
+        for text in lines:
+            words, line = text.split(), ""
+            for word in words:
+                trial = f"{line} {word}".strip()
+                if line and measure.textlength(trial, font=font) > width - 2 * pad:
+                    rows.append([line])
+                    line = word
+                else:
+                    line = trial
+            rows.append([line])
+        xs = [pad]
+    step = size + 4
+    band = Image.new("RGB", (width, pad * 2 + step * len(rows)), "white")
+    draw = ImageDraw.Draw(band)
+    for r, row in enumerate(rows):
+        for x, text in zip(xs, row):
+            draw.text((x, pad + r * step), text, fill="black", font=font)
+    return np.asarray(band)
+
+
 def write_image(path: str | Path, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 image atomically; the format follows the suffix."""
     path = Path(path)

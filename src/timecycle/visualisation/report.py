@@ -340,6 +340,7 @@ PAGE_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f3f3f3}.note{background:#fff6d6;padding:6px 10px;border-left:4px solid #e0b000}
+.warning{background:#fde4e1;padding:6px 10px;border-left:4px solid #c33}
 .chart .bar{fill:#4a78b5}.chart .grid{stroke:#e4e4e4}.chart .reference{stroke:#c33;stroke-dasharray:4 3}
 .chart text{font-size:11px}.chart .name{text-anchor:end}.chart .tick{text-anchor:middle;fill:#666}
 .clips{display:flex;flex-wrap:wrap;gap:14px}figure{margin:0}figcaption{font-size:13px}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from timecycle.errors import UserError
-from timecycle.visualisation.overlay import blend, grid, write_animation, write_image
+from timecycle.visualisation.overlay import blend, grid, text_band, write_animation, write_image
 
 TOPK = 10  # CRW --topk 10 (SPEC 6, crw)
 TEMPERATURE = 0.05  # CRW --temperature 0.05 (SPEC 6, crw)
@@ -208,6 +208,22 @@ def encode(frames: np.ndarray, frame_encoder, batch_size: int = 4) -> list[torch
     return feats
 
 
+def strip_captions(texture: str, indices: Sequence[int]) -> list[str]:
+    """What the strip's rows show and what to look for, printed above it."""
+    frames = ", ".join(map(str, indices))
+    if texture == "colors":
+        bottom = (f"Bottom row: each frame rebuilt from the previous listed frame's colours, moved "
+                  f"by feature matches (the first: frame {indices[0]} itself at feature "
+                  "resolution). Look for: the same picture as above; smears, wrong colours or "
+                  "objects left behind mark where the features matched the wrong place.")
+    else:
+        bottom = (f"Bottom row: a checkerboard painted on frame {indices[0]} (left), carried "
+                  "frame to frame by feature matches, over each frame. Look for: squares that "
+                  "stay on the same surfaces as they move; squares that blur, stretch, swap or "
+                  "stay put on a moving object mark lost correspondence.")
+    return [f"Top row: frames {frames} of the video.", bottom]
+
+
 def write_texture_figure(
     frames: Sequence[np.ndarray],
     features: Sequence[torch.Tensor],
@@ -220,12 +236,15 @@ def write_texture_figure(
     fps: float = 4.0,
     max_columns: int = 6,
     gap: int = 4,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, Path]:
     """Write `texture_strip.png` and `texture.<fmt>` into `out_dir`; returns their paths.
 
     The strip has two rows: the frames above, what each received below (the source texture
-    under the first). With more than `max_columns` frames, that many are picked evenly, the
-    first and last included. Its size is (2H + gap, n W + (n - 1) gap) for n columns.
+    under the first), under captions saying so (`strip_captions`) and each column's frame
+    number (`indices`, the frames' numbers in the video; default 0, 1, ...). With more than
+    `max_columns` frames, that many are picked evenly, the first and last included. Its images
+    take (2H + gap, n W + (n - 1) gap) for n columns, below the captions.
     The animation shows, frame by frame, the frame beside what it received.
     """
     out_dir = Path(out_dir)
@@ -233,7 +252,13 @@ def write_texture_figure(
     warped = carry_texture(frames, features, texture, topk, temperature, radius)
     panels = texture_panels(frames, warped, texture)
     cols = np.unique(np.linspace(0, len(frames) - 1, min(max_columns, len(frames))).round().astype(int))
+    indices = list(range(len(frames))) if indices is None else list(indices)
     strip = grid([[frames[i] for i in cols], [panels[i] for i in cols]], gap=gap)
+    w = frames[0].shape[1]
+    captions = text_band(strip_captions(texture, [indices[i] for i in cols]), strip.shape[1])
+    labels = text_band([f"frame {indices[i]}" for i in cols], strip.shape[1],
+                       columns=[k * (w + gap) + 4 for k in range(len(cols))])
+    strip = np.concatenate([captions, labels, strip])
     paths = {"strip": write_image(out_dir / "texture_strip.png", strip)}
     pairs = (grid([[f, p]], gap=gap) for f, p in zip(frames, panels))
     paths["animation"] = write_animation(out_dir / f"texture.{fmt}", pairs, fps)
