@@ -163,3 +163,31 @@ def test_crw_run_logs_the_probe_and_its_checkpoint_propagates(data, tmp_path):
     cfg.steps = 4
     train(cfg, resume=True)
     assert load_checkpoint(run / "last.pt")["step"] == 4
+
+
+def test_evaluation_during_training_logs_keeps_best_and_resumes(data, synthetic_davis, tmp_path):
+    from timecycle.datasets.davis import DavisRoot
+
+    names = DavisRoot(synthetic_davis).sequence_names() if hasattr(DavisRoot, "sequence_names") \
+        else sorted(p.name for p in (synthetic_davis / "JPEGImages" / "480p").iterdir())
+    cfg = make_config("small", data=[str(data)], out=str(tmp_path / "run"), short_side=64,
+                      crop=64, patch=56, batch_size=2, steps=3, workers=0, fps=None,
+                      log_every=2, progress=False, tensorboard=False, eval_davis=str(synthetic_davis),
+                      eval_sequences=names[:2], eval_every=2, eval_frames=4, eval_size=64)
+    run = train(cfg)
+    records = read_metrics(run)
+    evals = [r for r in records if "eval_jf" in r]
+    assert [r["step"] for r in evals] == [2, 3]  # every 2 steps and at the end
+    for r in evals:
+        assert 0 <= r["eval_jf"] <= 1 and "first 4 frames" in r["eval_label"]
+    best = max(r["eval_jf"] for r in evals)
+    assert evals[-1]["eval_best_jf"] == best
+    saved = load_checkpoint(run / "best.pt")
+    assert saved["best_eval_jf"] == best
+    assert saved["step"] == [r["step"] for r in evals if r["eval_jf"] == best][0]
+    cfg.steps = 4
+    train(cfg, resume=True)
+    again = [r for r in read_metrics(run) if "eval_jf" in r]
+    assert [r["step"] for r in again] == [2, 3, 4]
+    assert again[-1]["eval_best_jf"] == max(r["eval_jf"] for r in again)
+    assert not list(run.glob("timecycle-eval-*"))

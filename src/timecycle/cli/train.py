@@ -47,7 +47,12 @@ def register(sub) -> None:
                    help="folder of videos or frame folders; repeat for several (one index each)")
     p.add_argument("--out", required=True, metavar="RUN",
                    help="run folder: config.json, metrics.jsonl, tb/, last.pt, step-*.pt")
-    p.add_argument("--preset", choices=PRESETS, help="full (the paper, default) or small (CPU)")
+    p.add_argument("--preset", choices=PRESETS,
+                   help="full (the paper, default), small (CPU), crw (videowalk's README), "
+                        "crw-small (CPU)")
+    p.add_argument("--objective", choices=("timecycle", "crw"),
+                   help="timecycle: TimeCycle's cycles (default); crw: the contrastive random "
+                        "walk (SPEC 9; preset crw unless --preset is given)")
     p.add_argument("--loss", choices=LOSSES, help="paper (default) or code (public code)")
     p.add_argument("--arch", choices=("resnet50", "resnet18"))
     p.add_argument("--short-side", type=int, metavar="PX", help="frames resized to (full: 256)")
@@ -80,6 +85,19 @@ def register(sub) -> None:
     p.add_argument("--query", choices=("patch", "crop"),
                    help="tracked query: the patch encoded alone (paper, default) or the target "
                         "frame's features cropped under theta_gt")
+    p.add_argument("--batchnorm", choices=("batch", "frozen"),
+                   help="batch: clip statistics (SPEC 2, default); frozen: BatchNorm kept in "
+                        "eval mode at its initial statistics")
+    p.add_argument("--eval-davis", metavar="ROOT",
+                   help="score the encoder on held-out DAVIS sequences during training (a "
+                        "reduced-size proxy: crw protocol, --eval-size, first --eval-frames "
+                        "frames); logged as eval_jf, best kept as RUN/best.pt")
+    p.add_argument("--eval-sequences", metavar="S",
+                   help="comma-separated names or a list file (default: blackswan, "
+                        "car-roundabout, dog, cows)")
+    p.add_argument("--eval-every", type=int, metavar="N", help="steps between evaluations (100)")
+    p.add_argument("--eval-frames", type=int, metavar="N", help="first frames per sequence (25)")
+    p.add_argument("--eval-size", type=int, metavar="PX", help="short side of the frames (240)")
     p.add_argument("--seed", type=int)
     p.add_argument("--lr", type=float, help="Adam learning rate (full: 2e-4)")
     p.add_argument("--fps", type=_fps, help="resample videos to this rate, or 'native' (full: 12)")
@@ -97,7 +115,8 @@ def config_from_args(args: argparse.Namespace):
 
     overrides = dict(
         data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
-        loss=args.loss, query=args.query, arch=args.arch, short_side=args.short_side,
+        objective=args.objective, loss=args.loss, query=args.query, batchnorm=args.batchnorm,
+        arch=args.arch, short_side=args.short_side,
         crop=args.crop,
         patch=args.patch, batch_size=args.batch_size, accum=args.accum,
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
@@ -106,6 +125,16 @@ def config_from_args(args: argparse.Namespace):
         save_every=args.save_every, log_every=args.log_every, warmup_steps=args.warmup_steps,
         seed=args.seed, lr=args.lr, deterministic=args.deterministic, progress=not args.quiet,
     )
+    if args.eval_davis is not None:
+        overrides["eval_davis"] = str(Path(args.eval_davis).resolve())
+    if args.eval_sequences is not None:
+        from timecycle.datasets.davis import _read_list as read_list
+        from timecycle.datasets.names import requested_names
+
+        overrides["eval_sequences"] = requested_names(args.eval_sequences, Path(), read_list,
+                                                      "sequences", "--eval-sequences")
+    overrides.update(eval_every=args.eval_every, eval_frames=args.eval_frames,
+                     eval_size=args.eval_size)
     overrides = {k: v for k, v in overrides.items() if v is not None}  # flags not given
     if args.fps is not None:
         overrides["fps"] = args.fps or None  # 'native' (0) -> None: no resampling
@@ -119,7 +148,8 @@ def config_from_args(args: argparse.Namespace):
         return apply_overrides(saved, **overrides)
     if not args.data:
         raise UserError("--data DIR is required (a folder of videos or frame folders)")
-    return make_config(args.preset or "full", **overrides)
+    default = "crw" if args.objective == "crw" else "full"
+    return make_config(args.preset or default, **overrides)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from timecycle.errors import UserError
 FORMAT = "timecycle-train"
 VERSION = 1
 LAST = "last.pt"
+BEST = "best.pt"
 _NUMBERED = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -149,7 +150,7 @@ def _to_cpu(obj):
 
 
 def save_checkpoint(run_dir: str | Path, state: dict, step: int, keep_last: int = 3,
-                    numbered: bool = True) -> Path:
+                    numbered: bool = True, best: bool = False) -> Path:
     """Write `state` as RUN/last.pt (and RUN/step-NNNNNN.pt), with the sha256 of its contents;
     keep the newest `keep_last` numbered files. Serialised once, written twice (the numbered
     file first: a crash between the two leaves it the newest complete file). Returns the path
@@ -170,6 +171,8 @@ def save_checkpoint(run_dir: str | Path, state: dict, step: int, keep_last: int 
     if numbered:
         write_atomic(run_dir / numbered_name(step), data)
         prune(run_dir, keep_last)
+    if best:  # the best evaluation so far (RUN/best.pt): never pruned, never resumed from
+        write_atomic(run_dir / BEST, data)
     write_atomic(run_dir / LAST, data)
     return run_dir / LAST
 

@@ -95,6 +95,14 @@ class TrainConfig:
     log_every: int = 10  # steps per metrics.jsonl line
     max_nonfinite: int = 20  # consecutive non-finite losses that stop the run
     progress: bool = True  # tqdm bar
+    # Evaluation during training (engine/evaluation.py): a reduced-size DAVIS proxy of the
+    # encoder every `eval_every` steps, logged as eval_jf / eval_j / eval_f; the best is kept
+    # as RUN/best.pt. Off unless eval_davis is set.
+    eval_davis: str | None = None  # a DAVIS root; its val frames must never be trained on
+    eval_sequences: list[str] = field(default_factory=list)  # [] = evaluation.DEFAULT_SEQUENCES
+    eval_every: int = 100  # steps between evaluations (and at the end)
+    eval_frames: int = 25  # first frames of each sequence
+    eval_size: int = 240  # short side of the frames (the crw protocol's radius scales with it)
     tensorboard: bool = True  # RUN/tb event files
 
     def __post_init__(self) -> None:
@@ -121,8 +129,9 @@ class TrainConfig:
                             f"{', '.join(BATCHNORMS)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
+        self.eval_sequences = [str(n) for n in self.eval_sequences]
         positive = ("batch_size", "accum", "save_every", "keep_last", "log_every", "max_nonfinite",
-                    "clips_per_video")
+                    "clips_per_video", "eval_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -403,7 +403,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     if n.step >= total_steps:
         return Outcome(run_dir, n.step, total_steps, stopped=False)
 
-    def save(numbered: bool) -> None:  # a collective: every rank calls it at the same step
+    def save(numbered: bool, best: bool = False) -> None:  # a collective: all ranks call it
         rng = ckpt.rng_state(device)
         every_rng = distributed.gather_objects(rng, world)
         if numbered:
@@ -413,9 +413,17 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": n.step, "samples": n.samples, "nonfinite": n.nonfinite, "rng": rng,
                 **({"rng_ranks": every_rng} if world.distributed else {}),
-                "config": config.to_dict(), "environment": env,
-            }, n.step, config.keep_last, numbered)
+                "config": config.to_dict(), "environment": env, "best_eval_jf": best_jf,
+            }, n.step, config.keep_last, numbered, best)
         distributed.barrier(world, device)
+
+    proxy = None
+    if config.eval_davis and world.is_main:
+        from timecycle.engine.evaluation import DavisProxy
+
+        proxy = DavisProxy(config.eval_davis, config.eval_sequences or None,
+                           config.eval_frames, config.eval_size)
+    best_jf = state.get("best_eval_jf") if state else None
 
     loader = make_loader(dataset, config.batch_size, config.workers, start_index=n.samples,
                          seed=config.seed, rank=world.rank, world_size=world.size,
@@ -456,7 +464,17 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
             due = world.is_main and 0 < config.save_minutes * 60 <= time.monotonic() - last_save
             stopping, due = distributed.agree_any(
                 [stop is not None and stop.is_set(), due], world, device)
-            if n.step % config.log_every == 0 or last or stopping:
+            evaluate = config.eval_davis is not None and (
+                n.step % config.eval_every == 0 or last)
+            scores = None
+            if evaluate and proxy is not None:
+                scores = proxy.score(model.encoder, device)
+            improved = distributed.agree_any(
+                [scores is not None and (best_jf is None or scores["J&F"] > best_jf)],
+                world, device)[0] if evaluate else False
+            if improved and scores is not None:
+                best_jf = scores["J&F"]
+            if n.step % config.log_every == 0 or last or stopping or evaluate:
                 record = {"step": n.step, "epoch": n.samples / (n_videos * config.clips_per_video),
                           "samples": n.samples, **meter.summary(),
                           "lr": optimizer.param_groups[0]["lr"], "frozen": bool(frozen)}
@@ -464,13 +482,16 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 # SyncBatchNorm across processes: its forward is a collective).
                 if world.is_main and not (config.sync_bn and world.distributed):
                     record.update(probe_losses(model, micro[-1], loss_config, device, amp_dtype))
+                if scores is not None:
+                    record.update(eval_jf=scores["J&F"], eval_j=scores["J"], eval_f=scores["F"],
+                                  eval_best_jf=best_jf, eval_label=str(proxy.label))
                 log.write(record)
                 bar.set_postfix(loss=_fmt(record["loss"]), clips_s=f"{record['clips_per_s']:.1f}")
                 meter.reset()
             bar.update(1)
             numbered = n.step % config.save_every == 0 or last
-            if numbered or stopping or due:
-                save(numbered)
+            if numbered or stopping or due or improved:
+                save(numbered, best=improved)
                 last_save = time.monotonic()
             if stopping:
                 stopped = not last
@@ -478,6 +499,8 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     finally:
         bar.close()
         log.close()
+        if proxy is not None:
+            proxy.close()
     return Outcome(run_dir, n.step, total_steps, stopped)
 
 
