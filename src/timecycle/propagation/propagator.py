@@ -75,6 +75,12 @@ class LabelPropagator:
             # Before n_context frames exist, the missing previous frames are copies of frame 0.
             for _ in range(protocol.n_context):
                 self._push(feat0, label0)
+            if protocol.self_propagate:
+                # TimeCycle's loader puts its 8 copies of frame 0 before the whole video, frame
+                # 0 included, so frame 0 is the first target: its own stored soft label
+                # replaces the oldest copy, and frames 1..7 read it as their newest previous one.
+                with torch.no_grad():
+                    self._push(feat0, self._store(self._predict(feat0)))
 
     def _write(self, slot: int, feat: torch.Tensor, label: torch.Tensor) -> None:
         if self.geo is None:
@@ -90,22 +96,34 @@ class LabelPropagator:
 
     @torch.no_grad()
     def step(self, feat: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) features of the next frame -> (K, h, w) soft label (then stored)."""
+        """(C, h, w) features of the next frame -> (K, h, w) soft label (then stored).
+
+        The label returned is the prediction, or with `output_label="stored"` the label stored
+        as context (TimeCycle's test_davis.py makes its output from the normalised array).
+        """
         feat = F.normalize(feat.float(), dim=0)
+        pred = self._predict(feat)
+        stored = self._store(pred)
+        self._push(feat, stored)
+        return stored if self.p.output_label == "stored" else pred
+
+    def _store(self, pred: torch.Tensor) -> torch.Tensor:
+        """The context label kept for a prediction (K, h, w); a constant channel (a label lost
+        everywhere) becomes 0 under min-max (see `minmax`)."""
+        return minmax(pred, constant="zero") if self.p.store == "minmax" else pred
+
+    def _predict(self, feat: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) L2-normalised features -> (K, h, w) soft label from the current context."""
         n = self.n0 + self.count
         p = self.p
         if p.weighting == "per_frame_topk":
-            pred = per_frame_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
-        elif self.geo is None:
-            pred = dense_joint_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
-        else:
-            first = (self.feat0, self.label0) if self.first_apart else None
-            pred = windowed_joint_topk(
-                feat, self.feats, self.labels, self.geo, self.slot_index, p.topk, p.temperature, first
-            )
-        stored = minmax(pred) if p.store == "minmax" else pred
-        self._push(feat, stored)
-        return pred
+            return per_frame_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
+        if self.geo is None:
+            return dense_joint_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
+        first = (self.feat0, self.label0) if self.first_apart else None
+        return windowed_joint_topk(
+            feat, self.feats, self.labels, self.geo, self.slot_index, p.topk, p.temperature, first
+        )
 
 
 def per_frame_topk(

@@ -25,10 +25,19 @@ class Protocol:
     # canvas) and resizes it bilinearly; "nearest_onehot" nearest-resizes the id map, then one-hot.
     label_down: Literal["onehot_bilinear", "nearest_onehot"] = "onehot_bilinear"
     label_canvas: int = 0
+    # Nearest sampling of that mask resize: "floor" (OpenCV/PyTorch) or "exact" (PIL, pixel
+    # centres). Labels with fewer than `min_label_pixels` pixels where the one-hot is made are
+    # dropped: their channel is all zero, so they are never predicted.
+    label_nearest: Literal["floor", "exact"] = "floor"
+    min_label_pixels: int = 0
     # Context: frame 0 (ground truth) plus the `n_context` previous frames' predictions. With
     # `pad_context` the missing previous frames of early targets are copies of frame 0.
     n_context: int = 20
     pad_context: bool = True
+    # With `self_propagate`, frame 0 is also propagated as a target from the padded context,
+    # and its stored result enters the context as the newest previous frame (it evicts the
+    # oldest copy), before frame 1 is propagated.
+    self_propagate: bool = False
     # Spatial restriction of the keys around each query position, in feature cells.
     restrict: Literal["none", "disk", "square"] = "none"
     radius: int = 0
@@ -43,6 +52,9 @@ class Protocol:
     # What is stored as a context label: the soft prediction "raw", or after per-channel
     # min-max normalisation over space ("minmax").
     store: Literal["raw", "minmax"] = "raw"
+    # The label that makes the output (and is read as keypoints): the soft "prediction", or
+    # the "stored" context label (after its min-max).
+    output_label: Literal["prediction", "stored"] = "prediction"
     # Output: bilinear upsampling to the frame ("frame"), to `size` x `size` ("square") or by
     # the stride ("stride"); optional per-channel min-max; argmax; then a nearest resize to the
     # annotation size, with "floor" (OpenCV/PyTorch) or "exact" (PIL) nearest sampling.
@@ -76,21 +88,30 @@ CRW = Protocol(
 )
 
 TIMECYCLE = Protocol(
-    # TimeCycle (Wang et al. 2019) test_davis_videoloader.py: SPEC 6, column timecycle.
+    # TimeCycle (Wang et al. 2019) public test code: test_davis.py, models/dataset/davis_test.py,
+    # models/videos/model_test.py, preprocess/convert_davis.py. SPEC 6, column timecycle.
     name="timecycle",
     frame_resize="square",
-    size=320,  # also evaluated at 400 and 480 in the paper
+    size=320,  # --cropSize 320 (run_test.sh); also 400 and 480 in the README table
     label_down="onehot_bilinear",
-    label_canvas=320,  # one-hot at 320, then bilinear to 40x40
-    n_context=7,  # frame 0 + 7 previous (videoLen 8)
-    pad_context=True,  # the public loader repeats frame 0 before the video
+    label_canvas=320,  # davis_test.py: mask resized with the frame; one-hot there, cv2 to 40x40
+    label_nearest="exact",  # scipy.misc.imresize(..., 'nearest') is PIL NEAREST
+    # test_davis.py keeps a colour of frame 0 when its count is > 10, and counts a colour from
+    # its second pixel: objects of at most 11 pixels at 320x320 are dropped. (It counts black
+    # from the first pixel, so drops the background at 10 or fewer; here every label,
+    # background included, needs 12.)
+    min_label_pixels=12,
+    n_context=7,  # videoLen 8: frame 0 + 7 previous
+    pad_context=True,  # davis_test.py puts 8 copies of frame 0 before the video
+    self_propagate=True,  # ... and frame 0 itself is the first target (test_davis.py)
     restrict="none",
     weighting="per_frame_topk",
-    topk=5,
-    temperature=1 / math.sqrt(512),  # affinity * sqrt(512) ~ 22.6 (SPEC 3, 6)
+    topk=5,  # run_test.sh --topk_vis 5
+    temperature=1 / math.sqrt(512),  # model_test.py: affinity / 512**-0.5 (SPEC 3, 6)
     store="minmax",
+    output_label="stored",  # test_davis.py upsamples the normalised array it stores
     output_up="square",
-    output_nearest="floor",  # cv2.resize INTER_NEAREST
+    output_nearest="floor",  # convert_davis.py: cv2.resize INTER_NEAREST
 )
 
 DINO = Protocol(

@@ -8,6 +8,8 @@ cv2 INTER_LINEAR = bilinear, align_corners=False, no antialiasing; cv2 INTER_NEA
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -54,24 +56,36 @@ def downsample_label(
         small = _nearest(ids[None, None].float(), feat_size, exact=True)[0, 0]
         return one_hot(small, n_classes)
     if protocol.label_canvas:
-        # TimeCycle: the mask is resized (nearest) with the frame to the square canvas first.
+        # TimeCycle (davis_test.py): the mask is resized with the frame to the square canvas
+        # first, by PIL nearest (scipy.misc.imresize 'nearest').
         canvas = (protocol.label_canvas, protocol.label_canvas)
-        ids = _nearest(ids[None, None].float(), canvas, exact=False)[0, 0]
-    onehot = one_hot(ids, n_classes)[None]
-    return F.interpolate(onehot, size=feat_size, mode="bilinear", align_corners=False)[0]
+        exact = protocol.label_nearest == "exact"
+        ids = _nearest(ids[None, None].float(), canvas, exact=exact)[0, 0]
+    onehot = one_hot(ids, n_classes)
+    if protocol.min_label_pixels:
+        # TimeCycle (test_davis.py) keeps only the colours of frame 0 with enough pixels at the
+        # canvas; the pixels of a dropped one are in no channel at all, not even background.
+        keep = onehot.flatten(1).sum(dim=1) >= protocol.min_label_pixels
+        onehot = onehot * keep[:, None, None]
+    return F.interpolate(onehot[None], size=feat_size, mode="bilinear", align_corners=False)[0]
 
 
-def minmax(label: torch.Tensor) -> torch.Tensor:
-    """Per-channel min-max normalisation over space of (K, h, w); constant channels are kept.
+def minmax(label: torch.Tensor, constant: Literal["keep", "zero"] = "keep") -> torch.Tensor:
+    """Per-channel min-max normalisation over space of (K, h, w).
 
-    TimeCycle skips channels whose sum is 0, DINO those whose max is 0; a channel with a
-    positive but constant value would divide by zero in both, so it is left as it is here.
+    A constant channel would divide by zero. DINO (norm_mask) skips channels whose max is 0 and
+    leaves them as they are ("keep"; a positive constant one would be NaN there). TimeCycle's
+    test_davis.py divides by zero and turns the channel into NaN, which then wins every argmax
+    and spreads through the context; here its min is subtracted and the division skipped
+    ("zero"): a lost label stays lost, as the JHMDB script of the same lineage (UVC
+    test_jhmdb.py, which skips channels whose sum is 0) does for an empty channel.
     """
     flat = label.flatten(1)
     lo = flat.min(dim=1).values[:, None, None]
     span = flat.max(dim=1).values[:, None, None] - lo
     ok = span > 0
-    return torch.where(ok, (label - lo) / torch.where(ok, span, torch.ones_like(span)), label)
+    scaled = (label - lo) / torch.where(ok, span, torch.ones_like(span))  # constant: all 0
+    return scaled if constant == "zero" else torch.where(ok, scaled, label)
 
 
 def label_to_ids(
