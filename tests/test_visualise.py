@@ -255,3 +255,24 @@ def test_texture_strip_captions_say_which_row_is_which(tmp_path):
         band = strip[: strip.shape[0] - (2 * 40 + 4)]
         assert band.shape[0] > 40  # two captions (wrapped) and the column labels
         assert (band < 100).all(-1).sum() > 300
+
+
+def test_training_page_draws_the_evaluation_and_the_probe(tmp_path):
+    from timecycle.visualisation.curves import loss_series, write_training_report
+
+    rows = [{"step": s, "loss": 1.0 / s, "probe_real": 1.0 / s, "probe_unrelated": 2.0,
+             **({"eval_jf": 0.5 + s / 100, "eval_j": 0.5, "eval_f": 0.5,
+                 "eval_label": "DAVIS proxy: test"} if s % 2 == 0 else {})} for s in range(1, 7)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert set(loss_series(rows)) == {"loss"}  # evaluation and probe are not loss terms
+    page = write_training_report(run).read_text()
+    assert "best 0.560 at step 6" in page and "DAVIS proxy: test" in page
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    from PIL import Image
+    write_training_report(plain)
+    tall = Image.open(run / "report" / "curves.png").height
+    assert tall > Image.open(plain / "report" / "curves.png").height + 400  # two more panels

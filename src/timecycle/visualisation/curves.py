@@ -28,7 +28,12 @@ from timecycle.visualisation.overlay import write_image
 METRICS_FILE = "metrics.jsonl"
 # Fields that are not loss terms: counters, timing, optimiser state.
 NOT_LOSSES = {"step", "epoch", "samples", "time", "grad_norm", "clips_per_s", "data_wait_s",
-              "step_s", "lr", "nonfinite", "frozen"}
+              "step_s", "lr", "nonfinite", "frozen", "walk_acc"}
+# Drawn in their own panels: the held-out evaluation (engine/evaluation.py) and the
+# unrelated-frames probe (engine/train.py probe_losses).
+EVAL_TERMS = ("eval_jf", "eval_j", "eval_f")
+PROBE_TERMS = ("probe_real", "probe_unrelated")
+NOT_LOSSES |= {*EVAL_TERMS, "eval_best_jf", *PROBE_TERMS}
 # tab10, the palette readers know from matplotlib plots.
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf"]
@@ -66,6 +71,16 @@ def loss_series(rows: list[dict]) -> Series:
             if k not in NOT_LOSSES and _numeric(v):
                 series.setdefault(k, []).append((row["step"], float(v)))
     return dict(sorted(series.items(), key=lambda kv: (kv[0] not in ("loss", "total"), kv[0])))
+
+
+def named_series(rows: list[dict], names: tuple[str, ...]) -> Series:
+    """{name: [(step, value), ...]} for those of `names` that were logged, in that order."""
+    series: Series = {}
+    for name in names:
+        points = [(r["step"], float(r[name])) for r in rows if _numeric(r.get(name))]
+        if points:
+            series[name] = points
+    return series
 
 
 def coincident_series(series: Series, tol: float = COINCIDENT) -> dict[str, str]:
@@ -224,6 +239,15 @@ def _markers(draw: ImageDraw.ImageDraw, xy: list[tuple[float, float]], color: st
 def write_curves(rows: list[dict], path: str | Path) -> Path:
     """A PNG of the loss terms over steps, with a throughput panel below when logged."""
     panels = [plot(loss_series(rows), "training losses", "step", "loss")]
+    evals = named_series(rows, EVAL_TERMS)
+    if evals:
+        label = next((r["eval_label"] for r in reversed(rows) if r.get("eval_label")), "")
+        panels.append(plot(evals, "held-out J&F (" + (label or "DAVIS proxy") + ")", "step",
+                           "J&F, J, F", size=(760, 300)))
+    probes = named_series(rows, PROBE_TERMS)
+    if probes:
+        panels.append(plot(probes, "loss on real clips vs clips of unrelated frames "
+                           "(no gap: cycles close by position)", "step", "loss", size=(760, 300)))
     speed = [(r["step"], float(r["clips_per_s"])) for r in rows if _numeric(r.get("clips_per_s"))]
     if speed:
         panels.append(plot({"clips/s": speed}, "throughput", "step", "clips per second", size=(760, 240)))
@@ -272,6 +296,14 @@ def write_training_report(run_dir: str | Path, out: str | Path | None = None) ->
     else:
         parts.append('<p class="note">metrics.jsonl holds no metric lines yet.</p>')
     parts.append('<h2>Curves</h2><img src="curves.png" alt="loss curves">')
+    evals = [r for r in rows if _numeric(r.get("eval_jf"))]
+    if evals:
+        best = max(evals, key=lambda r: r["eval_jf"])
+        parts.append(f'<p class="note">Held-out evaluation ({e(str(best.get("eval_label", "")))}'
+                     f'; a reduced-size proxy, not a benchmark figure): first '
+                     f'{evals[0]["eval_jf"]:.3f} at step {evals[0]["step"]}, last '
+                     f'{evals[-1]["eval_jf"]:.3f} at step {evals[-1]["step"]}, best '
+                     f'{best["eval_jf"]:.3f} at step {best["step"]} (RUN/best.pt).</p>')
     same = coincident_series(loss_series(rows))
     if same:
         pairs = "; ".join(f"{e(a)} equals {e(b)}" for a, b in same.items())
