@@ -31,69 +31,100 @@ DEFAULT_SEQUENCES = ("blackswan", "car-roundabout", "dog", "cows")
 
 @dataclass(frozen=True)
 class ProxyLabel:
-    """What a proxy score is, for logs and pages."""
+    """What a score is, for logs and pages."""
 
     sequences: tuple[str, ...]
-    frames: int
-    size: int
+    frames: int | None  # None: every frame
+    size: int | None  # None: full size (the crw protocol as is)
+    annotations_2016: tuple[str, ...] = ()  # sequences scored on DAVIS-2016 masks
 
     def __str__(self) -> str:
-        return (f"DAVIS proxy: crw protocol at short side {self.size}, first {self.frames} "
-                f"frames of {', '.join(self.sequences)}")
+        size = "full size" if self.size is None else f"short side {self.size}"
+        frames = "all frames" if self.frames is None else f"first {self.frames} frames"
+        kind = "DAVIS" if self.size is None and self.frames is None else "DAVIS proxy"
+        text = (f"{kind}: crw protocol at {size}, {frames} of {len(self.sequences)} sequences "
+                f"({', '.join(self.sequences)})")
+        if self.annotations_2016:
+            text += (f"; DAVIS-2016 masks (one object) for {', '.join(self.annotations_2016)}, "
+                     "DAVIS-2017 ground truth for the others")
+        return text
 
 
 class DavisProxy:
-    """Held-out DAVIS sequences cut to their first `frames` frames, scored with J&F.
+    """Held-out DAVIS sequences, optionally cut to their first `frames` frames and scored at a
+    reduced size, with J&F.
 
-    The cut sequences are symlinks in a temporary folder (the DAVIS root is never written);
-    predictions go to a fresh temporary folder at every call.
+    Frames are symlinks in a temporary folder (the DAVIS root is never written). A sequence
+    without DAVIS-2017 ground truth is scored on its DAVIS-2016 mask (`Annotations_2016/480p`,
+    0/255 -> 0/1, one object) when `fallback_2016`. Predictions go to a fresh temporary folder
+    at every call.
     """
 
     def __init__(self, root: str | Path, sequences: list[str] | tuple[str, ...] | None = None,
-                 frames: int = 25, size: int = 240):
+                 frames: int | None = 25, size: int | None = 240, fallback_2016: bool = True):
+        from timecycle.datasets.io import read_mask, write_mask
         from timecycle.propagation.protocols import CRW
 
-        if frames < 3 or size < 64:
+        if (frames is not None and frames < 3) or (size is not None and size < 64):
             raise UserError(f"the evaluation needs >= 3 frames and a size >= 64, got {frames} "
                             f"frames at {size}")
         source = DavisRoot(root)
         names = list(sequences or DEFAULT_SEQUENCES)
-        self.label = ProxyLabel(tuple(names), frames, size)
-        self.protocol = CRW.replace(frame_resize="short_side", size=size, multiple=8,
-                                    radius=max(1, round(12 * size / 480)))
+        self.protocol = CRW if size is None else CRW.replace(
+            frame_resize="short_side", size=size, multiple=8, radius=max(1, round(12 * size / 480)))
         self._tmp = Path(tempfile.mkdtemp(prefix="timecycle-eval-"))
+        old_gt = []
         try:
             for name in names:
                 seq = source.sequence(name)  # a missing sequence is a UserError naming it
-                seq.first_label()  # ... and so is an unusable first mask
-                for sub, paths in (("JPEGImages/480p", seq.frames[:frames]),
-                                   ("Annotations/480p", seq.annotated()[:frames])):
-                    folder = self._tmp / "davis" / sub / name
-                    folder.mkdir(parents=True)
-                    for path in paths:
-                        (folder / path.name).symlink_to(path.resolve())
+                keep = seq.frames[:frames]
+                if not seq.annotation_path(seq.frames[0]).is_file() and fallback_2016:
+                    seq = DavisRoot(root, 2016, Path(root) / "Annotations_2016" / "480p"
+                                    ).sequence(name)
+                    old_gt.append(name)
+                seq.first_label()  # an unusable first mask is a UserError naming it
+                images = self._tmp / "davis" / "JPEGImages" / "480p" / name
+                labels = self._tmp / "davis" / "Annotations" / "480p" / name
+                images.mkdir(parents=True)
+                labels.mkdir(parents=True)
+                for path in keep:
+                    (images / path.name).symlink_to(path.resolve())
+                for path in [seq.annotation_path(f) for f in keep]:
+                    if not path.is_file():
+                        continue
+                    if name in old_gt:
+                        write_mask(labels / path.name, read_mask(path, binary_255=True))
+                    else:
+                        (labels / path.name).symlink_to(path.resolve())
         except BaseException:
             self.close()
             raise
+        self.label = ProxyLabel(tuple(names), frames, size, tuple(old_gt))
         self.root = DavisRoot(self._tmp / "davis")
         self.names = names
 
-    def score(self, encoder: nn.Module, device: torch.device) -> dict[str, float]:
-        """J&F, J and F means of `encoder` (not modified: a copy is put in eval mode)."""
+    def score(self, encoder: nn.Module | None, device: torch.device,
+              per_sequence: bool = False) -> dict:
+        """J&F, J and F means of `encoder` (None: the identity baseline). The encoder is not
+        modified: a copy is put in eval mode. `per_sequence` adds {"sequences": {name: J&F}}."""
         from timecycle.metrics.davis_eval import evaluate_davis
         from timecycle.propagation.davis import propagate_davis
         from timecycle.propagation.video import FrameEncoder
 
-        frozen = copy.deepcopy(encoder)
+        frame_encoder = None if encoder is None else FrameEncoder(
+            copy.deepcopy(encoder), self.protocol, device)
         out = Path(tempfile.mkdtemp(prefix="pred-", dir=self._tmp))
         try:
-            propagate_davis(self.root, self.names, out, FrameEncoder(frozen, self.protocol, device),
-                            self.protocol, {"proxy": str(self.label)}, progress=False)
-            row = evaluate_davis(self.root, out, self.names, progress=False)[0]
+            propagate_davis(self.root, self.names, out, frame_encoder, self.protocol,
+                            {"proxy": str(self.label)}, progress=False)
+            row, _, seqs = evaluate_davis(self.root, out, self.names, progress=False)
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        return {"J&F": float(row["J&F-Mean"]), "J": float(row["J-Mean"]),
-                "F": float(row["F-Mean"])}
+        scores = {"J&F": float(row["J&F-Mean"]), "J": float(row["J-Mean"]),
+                  "F": float(row["F-Mean"])}
+        if per_sequence:
+            scores["sequences"] = {k: float(v) for k, v in seqs.items()}
+        return scores
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,0 +1,296 @@
+"""The learning benchmark: does training beat doing nothing? Recipes trained from scratch for an
+equal budget on unlabeled video, scored on held-out DAVIS val sequences next to the baselines
+that need no learning.
+
+    python bench/learning.py --recipes tc-code-crop-frozenbn,crw-small --clips 4800 \\
+        --minutes 60 --out bench-out/learning                    # a CPU-hour per recipe
+    python bench/learning.py --runs tc=/path/RUN --out DIR        # score finished runs instead
+    python bench/learning.py --tiny --out /tmp/l                  # generated data, seconds
+
+Budget: each recipe trains until it has seen `--clips` clips or `--minutes` minutes have
+passed, whichever comes first (both are reported). During training the engine scores the
+encoder on a reduced-size proxy every `--eval-every` steps (the learning curve); the final
+figure scores the *last* checkpoint (not the proxy's best: that would select on the test
+sequences) with `--final`: "full" = all frames at full size, crw protocol, on every sequence
+of ../shared/data/DAVIS (DAVIS-2017 ground truth where it exists, DAVIS-2016 masks for the
+rest, both named in the output), or "proxy".
+
+Baselines (same evaluation): identity, pixel, the architecture randomly initialised as built
+(BatchNorm running statistics at their defaults: eval-mode BatchNorm is then an affine map),
+and the same random weights with BatchNorm statistics estimated on training clips (the fair
+starting point of any network trained with batch statistics).
+
+Writes OUT/results.csv, OUT/results.md (the README's table) and OUT/learning.png (J&F of the
+proxy against clips seen, one line per recipe, baselines as flat lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("TIMECYCLE_DATA", HERE.parent.parent / "shared" / "data"))
+
+# name -> (train preset, overrides). Budgets come from the command line.
+RECIPES: dict[str, tuple[str, dict]] = {
+    "tc-paper": ("small", {}),
+    "tc-code-crop": ("small", {"loss": "code", "query": "crop", "warmup_steps": 150}),
+    "tc-code-crop-frozenbn": ("small", {"loss": "code", "query": "crop", "warmup_steps": 150,
+                                        "batchnorm": "frozen"}),
+    "crw-small": ("crw-small", {}),
+    "crw-small-frozenbn": ("crw-small", {"batchnorm": "frozen"}),
+}
+
+
+def estimate_batchnorm(model, loader, batches: int) -> None:
+    """Replace `model`'s BatchNorm running statistics by their mean over `batches` training
+    batches (momentum None: a cumulative average), weights untouched."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _, batch in zip(range(batches), loader):
+            x = batch["patches"] if "patches" in batch else batch["frames"]
+            model.encoder(x.flatten(0, x.dim() - 4))
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+
+
+def baselines(args, proxy, final, configs) -> list[dict]:
+    """Rows for identity, pixel, and each objective's random network with and without
+    training-clip BatchNorm statistics."""
+    import torch
+
+    from timecycle.data import make_loader
+    from timecycle.encoder import build_encoder
+    from timecycle.engine.train import build_dataset, build_model, index_videos
+
+    device = torch.device("cpu")
+    rows = [{"name": "identity", "kind": "baseline", "encoder": None},
+            {"name": "pixel", "kind": "baseline", "encoder": build_encoder("pixel")}]
+    seen = set()
+    for config in configs:
+        key = (config.objective, config.arch, config.padding)
+        if key in seen:
+            continue
+        seen.add(key)
+        model = build_model(config)
+        rows.append({"name": f"random {config.arch} ({config.objective}), as built",
+                     "kind": "baseline", "encoder": model.encoder})
+        videos = index_videos(config.data, Path(args.out), workers=1)
+        loader = make_loader(build_dataset(config, videos), config.batch_size, args.workers,
+                             start_index=0, seed=config.seed, total=args.bn_batches * config.batch_size,
+                             block=config.batch_size)
+        stats = build_model(config)
+        estimate_batchnorm(stats, loader, args.bn_batches)
+        rows.append({"name": f"random {config.arch} ({config.objective}), training-clip "
+                             f"BatchNorm statistics", "kind": "baseline", "encoder": stats.encoder})
+    for row in rows:
+        t = time.time()
+        row["proxy_jf"] = proxy.score(row["encoder"], device)["J&F"]
+        row["final"] = final.score(row["encoder"], device, per_sequence=True) if final else None
+        print(f"{row['name']:60s} proxy {row['proxy_jf']:.4f}"
+              + (f"  final {row['final']['J&F']:.4f}" if final else "")
+              + f"  ({time.time() - t:.0f} s)", flush=True)
+    return rows
+
+
+def run_recipe(args, name: str, config) -> dict:
+    """Train `config` within the budget (or read a finished run), then score its last.pt."""
+    from timecycle.engine.checkpoint import has_checkpoint
+    from timecycle.engine.logging import read_metrics
+    from timecycle.engine.train import run_training
+
+    run = Path(config.out)
+    started = time.time()
+    if not (args.runs and has_checkpoint(run)):
+        stop = threading.Event()
+        timer = threading.Timer(args.minutes * 60, stop.set)
+        timer.start()
+        try:
+            outcome = run_training(config, resume=has_checkpoint(run), stop=stop)
+        finally:
+            timer.cancel()
+        print(f"{name}: step {outcome.step} of {outcome.total_steps} "
+              f"({'time budget' if outcome.stopped else 'clip budget'})", flush=True)
+    records = read_metrics(run)
+    curve = [(r["samples"], r["eval_jf"]) for r in records if r.get("eval_jf") is not None]
+    last = records[-1] if records else {}
+    return {"name": name, "kind": "recipe", "run": str(run), "curve": curve,
+            "clips": last.get("samples"), "steps": last.get("step"),
+            "minutes": round((time.time() - started) / 60, 1) if not args.runs else None,
+            "config": config}
+
+
+def score_run(row: dict, proxy, final) -> None:
+    import torch
+
+    from timecycle.encoder.resnet import ResNetEncoder
+    from timecycle.encoder.weights import checkpoint_has_head, load_weights
+
+    last = Path(row["run"]) / "last.pt"
+    encoder = ResNetEncoder(row["config"].arch, head=checkpoint_has_head(last))
+    load_weights(encoder, last)
+    device = torch.device("cpu")
+    row["proxy_jf"] = proxy.score(encoder, device)["J&F"]
+    row["final"] = final.score(encoder, device, per_sequence=True) if final else None
+    print(f"{row['name']:60s} proxy {row['proxy_jf']:.4f}"
+          + (f"  final {row['final']['J&F']:.4f}" if final else ""), flush=True)
+
+
+def write_outputs(out: Path, rows: list[dict], proxy_label: str, final_label: str | None) -> None:
+    import numpy as np
+
+    from timecycle.datasets.io import write_text_atomic
+    from timecycle.visualisation.curves import plot
+    from timecycle.visualisation.overlay import write_image
+
+    fields = ["name", "kind", "clips", "steps", "minutes", "proxy_jf", "final_jf", "final_j",
+              "final_f", "run"]
+    table = []
+    for r in rows:
+        final = r.get("final") or {}
+        table.append({"name": r["name"], "kind": r["kind"], "clips": r.get("clips"),
+                      "steps": r.get("steps"), "minutes": r.get("minutes"),
+                      "proxy_jf": _fmt(r.get("proxy_jf")), "final_jf": _fmt(final.get("J&F")),
+                      "final_j": _fmt(final.get("J")), "final_f": _fmt(final.get("F")),
+                      "run": r.get("run")})
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(table)
+    head = "| name | clips seen | steps | minutes | proxy J&F | final J&F | J | F |"
+    lines = [f"Proxy: {proxy_label}.", f"Final: {final_label or 'not run'}.", "", head,
+             "|---|---|---|---|---|---|---|---|"]
+    for t in table:
+        lines.append(f"| {t['name']} | {t['clips'] or ''} | {t['steps'] or ''} | "
+                     f"{t['minutes'] or ''} | {t['proxy_jf']} | {t['final_jf']} | "
+                     f"{t['final_j']} | {t['final_f']} |")
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+    per_seq = {r["name"]: r["final"]["sequences"] for r in rows if r.get("final")}
+    if per_seq:
+        write_text_atomic(out / "per_sequence.json", json.dumps(per_seq, indent=1))
+    series = {r["name"]: [(float(c), float(j)) for c, j in r["curve"]]
+              for r in rows if r.get("curve")}
+    xmax = max([c for pts in series.values() for c, _ in pts] or [1.0])
+    for r in rows:
+        if r["kind"] == "baseline":
+            series[r["name"]] = [(0.0, r["proxy_jf"]), (xmax, r["proxy_jf"])]
+    image = plot(series, "held-out J&F while training (the proxy of results.md)", "clips seen",
+                 "J&F (proxy)", size=(900, 480))
+    write_image(out / "learning.png", np.asarray(image))
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", default="tc-code-crop-frozenbn,crw-small",
+                    help=f"comma-separated, from {', '.join(RECIPES)}")
+    ap.add_argument("--runs", nargs="*", metavar="NAME=RUN",
+                    help="score finished runs (and their eval curves) instead of training")
+    ap.add_argument("--data", default=str(DATA / "videos"))
+    ap.add_argument("--davis", default=str(DATA / "DAVIS"))
+    ap.add_argument("--clips", type=int, default=4800, help="clip budget per recipe")
+    ap.add_argument("--minutes", type=float, default=60.0, help="time budget per recipe")
+    ap.add_argument("--eval-every", type=int, default=100, help="steps between proxy scores")
+    ap.add_argument("--eval-sequences", default="blackswan,car-roundabout,dog,cows")
+    ap.add_argument("--eval-frames", type=int, default=25)
+    ap.add_argument("--eval-size", type=int, default=240)
+    ap.add_argument("--final", choices=("full", "proxy", "none"), default="full")
+    ap.add_argument("--final-sequences", default=None,
+                    help="default: every sequence of DAVIS/ImageSets/2016/val.txt")
+    ap.add_argument("--bn-batches", type=int, default=25, help="batches for BatchNorm statistics")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--tiny", action="store_true",
+                    help="generated videos and DAVIS, tiny sizes: the whole path in seconds")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    import torch
+
+    from timecycle.engine.config import make_config
+    from timecycle.engine.evaluation import DavisProxy
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes: dict = {}
+    if args.tiny:
+        from timecycle.datasets.synthetic import write_davis_root, write_training_videos
+
+        args.data, args.davis = str(out / "videos"), str(out / "davis")
+        if not Path(args.data).is_dir():
+            write_training_videos(args.data, n_videos=4, seed=0, n_frames=20, height=72,
+                                  width=88, kind="translating")
+            write_davis_root(args.davis, 2, seed=0, n_frames=6, height=64, width=96)
+        names = sorted(p.name for p in (Path(args.davis) / "JPEGImages" / "480p").iterdir())
+        args.eval_sequences = args.final_sequences = ",".join(names)
+        args.eval_frames, args.eval_size, args.bn_batches = 4, 64, 1
+        sizes = {"short_side": 64, "crop": 64, "fps": None, "batch_size": 4, "workers": 0}
+    proxy = DavisProxy(args.davis, args.eval_sequences.split(","), args.eval_frames,
+                       args.eval_size)
+    final = None
+    if args.final != "none":
+        names = (args.final_sequences.split(",") if args.final_sequences else
+                 [n.strip() for n in (Path(args.davis) / "ImageSets" / "2016" / "val.txt")
+                  .read_text().split() if n.strip()])
+        final = (DavisProxy(args.davis, names, None, None) if args.final == "full" else
+                 DavisProxy(args.davis, names, args.eval_frames, args.eval_size))
+    try:
+        rows, configs = [], []
+        pairs = [tuple(r.split("=", 1)) for r in args.runs] if args.runs else \
+            [(n, str(out / "runs" / n)) for n in args.recipes.split(",")]
+        for name, run in pairs:
+            if args.runs:
+                from timecycle.engine.checkpoint import latest_checkpoint
+                from timecycle.engine.config import TrainConfig
+
+                config = TrainConfig.from_dict(latest_checkpoint(run, report=False)[1]["config"])
+                config.out = run
+            else:
+                preset, overrides = RECIPES[name]
+                tiny = {"patch": 56} if preset == "small" else {"patch": 16, "walk_stride": 8}
+                config = make_config(preset, **{
+                    **overrides, "data": [args.data], "out": run, "threads": args.threads,
+                    "workers": args.workers, "progress": False, "tensorboard": False,
+                    "eval_davis": args.davis, "eval_sequences": args.eval_sequences.split(","),
+                    "eval_every": args.eval_every, "eval_frames": args.eval_frames,
+                    "eval_size": args.eval_size, "save_every": args.eval_every,
+                    **(({**sizes, **tiny, "warmup_steps": min(overrides.get("warmup_steps", 0),
+                                                              1)}) if args.tiny else {})})
+                config.steps = max(1, args.clips // config.clips_per_step())
+            configs.append(config)
+        if not args.no_baselines:
+            rows += baselines(args, proxy, final, configs)
+        for (name, _), config in zip(pairs, configs):
+            row = run_recipe(args, name, config)
+            score_run(row, proxy, final)
+            rows.append(row)
+        write_outputs(out, rows, str(proxy.label), str(final.label) if final else None)
+        print(f"-> {out / 'results.md'}, {out / 'results.csv'}, {out / 'learning.png'}")
+    finally:
+        proxy.close()
+        if final is not None:
+            final.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""bench/learning.py end to end on generated video and a generated DAVIS root, tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_learning_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "learning"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "learning.py"), "--tiny", "--out", str(out),
+         "--recipes", "tc-code-crop-frozenbn,crw-small", "--clips", "8", "--eval-every", "1",
+         "--threads", "1", "--workers", "0"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    names = [r["name"] for r in rows]
+    assert names[:2] == ["identity", "pixel"]
+    assert "random resnet18 (timecycle), as built" in names
+    assert "random resnet18 (crw), training-clip BatchNorm statistics" in names
+    recipes = {r["name"]: r for r in rows if r["kind"] == "recipe"}
+    assert set(recipes) == {"tc-code-crop-frozenbn", "crw-small"}
+    for r in rows:
+        assert 0 <= float(r["proxy_jf"]) <= 1 and 0 <= float(r["final_jf"]) <= 1
+    assert all(r["clips"] == "8" and r["steps"] == "2" for r in recipes.values())
+    table = (out / "results.md").read_text()
+    assert "Proxy: DAVIS proxy" in table and "| crw-small | 8 | 2 |" in table
+    assert (out / "learning.png").stat().st_size > 1000
