@@ -14,7 +14,8 @@ from timecycle.errors import UserError
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="resnet18", choices=ENCODERS,
                    help="identity and pixel are the no-learning baselines (default: resnet18)")
-    p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, or a timecycle run's last.pt")
+    p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, a timecycle "
+                                     "run's last.pt, or 'builtin' (the package's own, resnet18)")
     p.add_argument("--head", choices=("auto", "yes", "no"), default="auto",
                    help="TimeCycle 1x1 head on the encoder; auto: as the checkpoint has it")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed without --weights (default 0)")
@@ -49,8 +50,9 @@ def load_encoder(args: argparse.Namespace):
     info["head"] = head
     if args.weights:
         loaded = load_weights(encoder, args.weights)
-        info["weights"] = {"path": str(Path(args.weights).resolve()), "sha256": loaded.sha256,
-                           "format": loaded.format, "padding_mode": loaded.padding_mode}
+        info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
+                           "format": loaded.format, "padding_mode": loaded.padding_mode,
+                           "builtin": str(args.weights) == "builtin"}
     return encoder, info
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from timecycle.encoder.builtin import builtin_info, builtin_path, is_builtin
 from timecycle.encoder.resnet import ResNetEncoder
 from timecycle.errors import UserError
 
@@ -146,11 +147,14 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
     """
     if not isinstance(encoder, ResNetEncoder):
         raise TypeError(f"load_weights needs a ResNetEncoder, got {type(encoder).__name__}")
+    builtin = None
+    if is_builtin(path):  # the package's own weights, sha256-checked against their sidecar
+        path, builtin = builtin_path(encoder.arch)
     path = Path(path)
     checkpoint = read_checkpoint(path)
     state, layout, original = _find_state_dict(checkpoint, path)
     sha256 = file_sha256(path)
-    padding_mode = _padding_mode(checkpoint, layout)
+    padding_mode = builtin["padding_mode"] if builtin else _padding_mode(checkpoint, layout)
 
     mapped, source, ignored = _map_keys(state, layout, original)
     _check_fit(encoder, mapped, source, layout, path)  # first: a wrong architecture explains most
@@ -383,6 +387,8 @@ def _guess_arch(mapped: Mapping[str, torch.Tensor]) -> str | None:
 
 def checkpoint_has_head(path: str | Path) -> bool:
     """Whether a checkpoint holds the TimeCycle head, so `--head auto` can build a matching encoder."""
+    if is_builtin(path):
+        return bool(builtin_info()["head"])
     path = Path(path)
     state, layout, original = _find_state_dict(read_checkpoint(path), path)
     mapped, _, _ = _map_keys(state, layout, original)
