@@ -2,6 +2,7 @@
 
     timecycle propagate davis --root R --protocol crw --encoder resnet18 --out DIR
     timecycle evaluate davis --root R --results DIR
+    timecycle track VIDEO --mask FIRST.png --points POINTS.csv --out DIR
     timecycle train --data DIR --out RUN --preset small
     timecycle demo
 
@@ -23,7 +24,7 @@ from timecycle.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from timecycle.cli import demo, evaluate, propagate, report, train, visualize
+    from timecycle.cli import demo, evaluate, propagate, report, track, train, visualize
 
     parser = argparse.ArgumentParser(
         prog="timecycle",
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"timecycle {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (propagate, evaluate, train, demo, report, visualize):
+    for module in (propagate, evaluate, track, train, demo, report, visualize):
         module.register(sub)
     return parser
 
@@ -76,6 +77,7 @@ def _one_line_warnings(default):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded beside results
     with warnings.catch_warnings():  # the one-line format only while the command runs
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         try:
