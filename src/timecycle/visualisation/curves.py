@@ -272,7 +272,7 @@ def write_training_report(run_dir: str | Path, out: str | Path | None = None) ->
 
     Returns the path of index.html.
     """
-    from timecycle.visualisation.report import PAGE_CSS, html_table
+    from timecycle.visualisation.page import PAGE_CSS, html_table
 
     run = Path(run_dir)
     rows = read_metrics(run / METRICS_FILE)
