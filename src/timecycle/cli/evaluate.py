@@ -19,6 +19,15 @@ def register(sub) -> None:
 
     jhmdb.add_evaluate_parser(bench)
     vip.add_evaluate_parser(bench)
+    pts = bench.add_parser("points", help="PCK of tracked points (timecycle track's tracks.npy)")
+    pts.add_argument("--gt", required=True, help='ground truth JSON: {"names": [...], "frames": '
+                     '[{"frame": t, "xy": [[x, y], ...], "visible": [...]}]}')
+    pts.add_argument("--pred", required=True, help="predicted tracks: (T, K, 2) .npy")
+    pts.add_argument("--masks", help="folder of %%05d.png ground-truth object masks: threshold "
+                     "alpha x sqrt(mask area) instead of sqrt(area of the points' box)")
+    pts.add_argument("--alpha", type=float, default=0.1, help="threshold factor (default 0.1)")
+    pts.add_argument("--out", help="folder for points_pck.csv and .json (default: --pred's folder)")
+    pts.set_defaults(run=run_points)
 
 
 def evaluate_and_print(root, results: str, names: list[str], progress: bool = True) -> dict:
@@ -37,4 +46,32 @@ def run_davis(args: argparse.Namespace) -> int:
     root = davis_root(args)
     names = root.sequence_names(args.sequences)
     evaluate_and_print(root, args.results, names, progress=not args.quiet)
+    return 0
+
+
+def run_points(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from timecycle.datasets.io import output_folder
+    from timecycle.metrics.points import (
+        points_pck,
+        read_ground_truth,
+        read_prediction,
+        write_points_pck,
+    )
+
+    gt = read_ground_truth(args.gt)
+    pred = read_prediction(args.pred, len(gt.names))
+    result = points_pck(gt, pred, args.alpha, args.masks)
+    out = args.out or Path(args.pred).parent
+    with output_folder(out):
+        sources = {"gt": str(Path(args.gt).resolve()), "pred": str(Path(args.pred).resolve()),
+                   "masks": str(Path(args.masks).resolve()) if args.masks else None}
+        paths = write_points_pck(out, result, sources)
+    width = max(len(n) for n in result.per_point)
+    for name, v in result.per_point.items():
+        print(f"  {name:<{width}}  PCK@{args.alpha:g} {v:.4f} ({result.counts[name]} frames)")
+    print(f"PCK@{args.alpha:g} {result.mean:.4f} (mean of {len(result.per_point)} points, "
+          f"{result.frames} frames, threshold from the {result.normaliser})")
+    print(f"results written to {paths[0]}")
     return 0
