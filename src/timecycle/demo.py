@@ -19,7 +19,6 @@ A failed demo removes what it wrote (`output_folder`).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -190,22 +189,57 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
+def _encoder(name: str, weights: Path | None, seed: int):
+    """(encoder module or None for identity, provenance entries), as `propagate davis` loads
+    them: a ResNet from `seed`, with the TimeCycle head when the checkpoint has one."""
+    from timecycle.encoder import build_encoder
+
+    info: dict = {"encoder": name, "seed": seed, "weights": None}
+    if name in ("identity", "pixel"):
+        return build_encoder(name), info
+    from timecycle.encoder.weights import checkpoint_has_head, load_weights
+
+    head = bool(weights) and checkpoint_has_head(weights)
+    encoder = build_encoder(name, head=head, seed=seed)
+    info["head"] = head
+    if weights:
+        loaded = load_weights(encoder, weights)
+        info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
+                           "format": loaded.format, "padding_mode": loaded.padding_mode,
+                           "builtin": str(weights) == "builtin"}
+    return encoder, info
+
+
 def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, encoder: str,
                weights: Path | None, evaluate: bool) -> float | None:
-    from timecycle.cli import main
+    """Propagate (and score) the DAVIS-layout `root` into `out` with the library functions
+    that `timecycle propagate davis [--evaluate]` calls, printing the same lines."""
+    from timecycle.engine.runtime import environment, resolve_device
+    from timecycle.metrics.davis_eval import evaluate_davis
+    from timecycle.propagation.davis import propagate_davis
+    from timecycle.propagation.protocols import get_protocol
+    from timecycle.propagation.video import FrameEncoder
 
-    argv = ["propagate", "davis", "--root", str(root.root), "--sequences", ",".join(names),
-            "--encoder", encoder, "--protocol", cfg.protocol, "--device", cfg.device,
-            "--seed", str(cfg.seed), "--out", str(out)]
-    if weights is not None:
-        argv += ["--weights", str(weights)]
-    if evaluate:
-        argv.append("--evaluate")
-    if main(argv) != 0:
-        raise UserError(f"propagation with {encoder} failed (see above)")
-    if not evaluate:
-        return None
-    return json.loads((out / "results-val.json").read_text())["global"]["J&F-Mean"]
+    with output_folder(out):
+        protocol = get_protocol(cfg.protocol)
+        device = resolve_device(cfg.device)
+        module, info = _encoder(encoder, weights, cfg.seed)
+        frame_encoder = None if module is None else FrameEncoder(module, protocol, device)
+        provenance = {"benchmark": "davis", "protocol": protocol.to_dict(), **info,
+                      "davis_root": str(root.root.resolve()), "year": root.year,
+                      "environment": environment(device)}
+        stats = propagate_davis(root, names, out, frame_encoder, protocol, provenance)
+        print(f"propagated {len(names)} sequences, {stats.frames} frames in {stats.seconds:.1f} s "
+              f"({stats.frames_per_second:.2f} frames/s) -> {out}")
+        if not evaluate:
+            return None
+        global_row, _, seq_means = evaluate_davis(root, out, names)
+    width = max(len(n) for n in seq_means)
+    for name, jf in seq_means.items():
+        print(f"  {name:<{width}}  J&F {jf:.4f}")
+    print(" ".join(f"{k} {v:.4f}" for k, v in global_row.items()))
+    print(f"results written to {out}/global_results-val.csv")
+    return float(global_row["J&F-Mean"])
 
 
 def run_demo(cfg: DemoConfig) -> dict:
