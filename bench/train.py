@@ -74,8 +74,9 @@ def worker(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     overrides = {"batch_size": args.batch_size} if args.batch_size else {}
-    config = make_config(args.preset, data=[args.data], fps=None if args.generated else 12.0,
-                         **overrides)
+    overrides.update(json.loads(args.override) if args.override else {})  # bench/gpu.py --smoke
+    config = make_config(args.preset, **{"data": [args.data],
+                                         "fps": None if args.generated else 12.0, **overrides})
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     amp_dtype = torch.bfloat16 if precision == "bf16" else None
     channels_last = cuda and not args.no_channels_last
@@ -193,6 +194,7 @@ def main() -> None:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--generated", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--override", help=argparse.SUPPRESS)  # JSON: more TrainConfig fields
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))

@@ -1,0 +1,63 @@
+"""bench/gpu.py --smoke: every section on the CPU at tiny sizes, so the GPU script cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
+    out = tmp_path / "gpu"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "gpu.json").read_text())
+    for name in ("environment", "propagation", "training", "learning"):
+        assert report[name]["status"] == "ok", (name, report[name].get("error"),
+                                                report[name].get("log_tail"))
+        assert "error" not in report[name]
+
+    env = report["environment"]
+    assert _number(env["cpu_count"]) and env["torch"] and env["torchvision"]
+    assert env["pyav"].startswith("hidden")  # the smoke run reads frame folders without PyAV
+
+    prop = report["propagation"]
+    runs = {(r["protocol"], r["precision"]): r for r in prop["runs"]}
+    assert set(runs) == {(p, q) for p in ("crw", "dino", "timecycle") for q in ("fp32", "bf16")}
+    for r in runs.values():
+        assert r["sequences"] == prop["sequences_available"], r
+        assert _number(r["fps_e2e"]) and r["fps_e2e"] > 0 and _number(r["encoder_fps"])
+        assert 0 <= r["jf"] <= 1 and set(r["per_sequence"]) == set(r["sequences"])
+    check = prop["cpu_check"]
+    assert check["ok"] is True and check["diff_fp32"] <= check["tolerance"] == 0.002
+
+    train = report["training"]["runs"]
+    measured = [r for r in train if "clips_per_s" in r]
+    assert {r["preset"] for r in measured} == {"small", "full"}
+    assert {r["arch"] for r in measured} == {"resnet18", "resnet50"}
+    for r in measured:
+        assert r["clips_per_s"] > 0 and 0 <= r["data_wait"] <= 1 and r["bound_ratio"] > 0
+    assert all(r.get("skipped") for r in train if r["compile"])  # said, not silently missing
+
+    learn = {r["objective"]: r for r in report["learning"]["runs"]}
+    assert set(learn) == {"timecycle", "crw"}
+    for r in learn.values():
+        assert r["steps"] == 2 and 0 <= r["jf_before"] <= 1 and 0 <= r["jf_after"] <= 1
+        assert [c["step"] for c in r["curve"]] == [1, 2]
+
+    table = (out / "gpu.md").read_text()
+    for heading in ("## environment", "## propagation", "## training", "## learning"):
+        assert heading in table
+    assert "| crw | fp32 |" in table and "CPU check" in table
