@@ -23,7 +23,6 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -81,6 +80,17 @@ def _cached_frame_files(folder: str) -> tuple[str, ...]:
 # Probing (metadata for the index)
 
 
+def _pyav(path: str | Path):
+    """PyAV, imported when a video file is opened: frame folders need no PyAV (a GPU machine
+    may have none); without it, a video file is a DecodeError naming the file."""
+    try:
+        import av
+    except ImportError:
+        raise DecodeError(path, "PyAV is not installed: only frame folders can be read "
+                                "(pip install av)") from None
+    return av
+
+
 def _stream_rate(stream) -> Fraction | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
@@ -95,6 +105,7 @@ def probe_video(path: str | Path) -> dict:
     container duration * average_rate (mkv, webm), else the number of video packets (demuxed,
     not decoded). The first frame is decoded to prove the stream decodes. Raises DecodeError.
     """
+    av = _pyav(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -134,6 +145,7 @@ def _decodable_length(path: str | Path, n: int) -> int:
     stream stops more than 2 frames early (read_video_frames tolerates 2), the last frame
     decoded gives the true length. Without usable timestamps, frames are counted from the start.
     """
+    av = _pyav(path)
     for timed in (True, False):
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -231,6 +243,7 @@ def read_video_frames(
     ends a little early (metadata count off by a frame or two) repeats its last frame. Raises
     DecodeError for anything else.
     """
+    av = _pyav(path)
     want = sorted({int(i) for i in indices})
     if not want or want[0] < 0:
         raise DecodeError(path, f"bad frame indices {list(indices)}")
