@@ -195,9 +195,9 @@ def test_save_minutes_refreshes_last_between_numbered_saves(data, tmp_path, monk
     saves = []
     real = ckpt.save_checkpoint
 
-    def record(run_dir, state, step, keep_last=3, numbered=True):
+    def record(run_dir, state, step, keep_last=3, numbered=True, best=False):
         saves.append((step, numbered))
-        return real(run_dir, state, step, keep_last, numbered)
+        return real(run_dir, state, step, keep_last, numbered, best)
 
     monkeypatch.setattr(ckpt, "save_checkpoint", record)
     train(tiny(data, tmp_path, steps=3, save_every=100, save_minutes=1e-9))
