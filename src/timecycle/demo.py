@@ -41,7 +41,7 @@ SEQUENCE = "clip"  # the user's clip, laid out as a one-sequence DAVIS root
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    steps: int = 100  # training steps of the small preset (the estimate printed at start says how long)
+    steps: int = 60  # small-preset steps; 60 keeps the whole demo within ~5 min on 2 idle cores
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"

@@ -8,7 +8,8 @@ import argparse
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train briefly, propagate, evaluate and report on embedded synthetic video")
     p.add_argument("--out", default="demo-out", help="output folder (report at OUT/index.html)")
-    p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    p.add_argument("--steps", type=int, default=60,
+                   help="training steps (default 60: the whole demo within ~5 minutes on 2 cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--protocol", default="crw", help="propagation protocol (default crw)")
     p.add_argument("--loss", default="paper", choices=("paper", "code"),
