@@ -192,22 +192,9 @@ def _minutes(seconds: float) -> str:
 def _encoder(name: str, weights: Path | None, seed: int):
     """(encoder module or None for identity, provenance entries), as `propagate davis` loads
     them: a ResNet from `seed`, with the TimeCycle head when the checkpoint has one."""
-    from timecycle.encoder import build_encoder
+    from timecycle.encoder.weights import load_encoder
 
-    info: dict = {"encoder": name, "seed": seed, "weights": None}
-    if name in ("identity", "pixel"):
-        return build_encoder(name), info
-    from timecycle.encoder.weights import checkpoint_has_head, load_weights
-
-    head = bool(weights) and checkpoint_has_head(weights)
-    encoder = build_encoder(name, head=head, seed=seed)
-    info["head"] = head
-    if weights:
-        loaded = load_weights(encoder, weights)
-        info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
-                           "format": loaded.format, "padding_mode": loaded.padding_mode,
-                           "builtin": str(weights) == "builtin"}
-    return encoder, info
+    return load_encoder(name, weights, "auto", seed)
 
 
 def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, encoder: str,

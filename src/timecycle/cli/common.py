@@ -4,11 +4,9 @@ options, set-up and report that `timecycle propagate davis|jhmdb|vip` share."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from timecycle.datasets.davis import DavisRoot
-from timecycle.encoder import ENCODERS, build_encoder
-from timecycle.errors import UserError
+from timecycle.encoder import ENCODERS
 
 
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
@@ -36,24 +34,9 @@ def davis_root(args: argparse.Namespace) -> DavisRoot:
 
 def load_encoder(args: argparse.Namespace):
     """(encoder module or None for identity, provenance dict) from the encoder arguments."""
-    info: dict = {"encoder": args.encoder, "seed": args.seed, "weights": None}
-    if args.encoder in ("identity", "pixel"):
-        if args.weights:
-            raise UserError(f"--weights does not apply to the {args.encoder} baseline")
-        return build_encoder(args.encoder), info
-    from timecycle.encoder.weights import checkpoint_has_head, load_weights
+    from timecycle.encoder.weights import load_encoder as load
 
-    head = args.head == "yes"
-    if args.head == "auto" and args.weights:
-        head = checkpoint_has_head(args.weights)
-    encoder = build_encoder(args.encoder, head=head, seed=args.seed)
-    info["head"] = head
-    if args.weights:
-        loaded = load_weights(encoder, args.weights)
-        info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
-                           "format": loaded.format, "padding_mode": loaded.padding_mode,
-                           "builtin": str(args.weights) == "builtin"}
-    return encoder, info
+    return load(args.encoder, args.weights, args.head, args.seed)
 
 
 def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> None:

@@ -393,3 +393,30 @@ def checkpoint_has_head(path: str | Path) -> bool:
     state, layout, original = _find_state_dict(read_checkpoint(path), path)
     mapped, _, _ = _map_keys(state, layout, original)
     return _HEAD_KEY in mapped
+
+
+def load_encoder(name: str, weights: str | Path | None = None, head: str = "auto",
+                 seed: int = 0):
+    """(encoder module or None for identity, provenance dict), as every command loads one.
+
+    name: an encoder of `timecycle.encoder.ENCODERS`; weights: a checkpoint path or "builtin";
+    head: "auto" (as the checkpoint has it), "yes" or "no"; seed: a ResNet's initialisation
+    when no weights are given.
+    """
+    from timecycle.encoder import build_encoder
+
+    info: dict = {"encoder": name, "seed": seed, "weights": None}
+    if name in ("identity", "pixel"):
+        if weights:
+            raise UserError(f"--weights does not apply to the {name} baseline")
+        return build_encoder(name), info
+    with_head = head == "yes" or (head == "auto" and bool(weights)
+                                  and checkpoint_has_head(weights))
+    encoder = build_encoder(name, head=with_head, seed=seed)
+    info["head"] = with_head
+    if weights:
+        loaded = load_weights(encoder, weights)
+        info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
+                           "format": loaded.format, "padding_mode": loaded.padding_mode,
+                           "builtin": is_builtin(weights)}
+    return encoder, info
