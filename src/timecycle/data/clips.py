@@ -214,13 +214,22 @@ class ClipDataset(Dataset):
         raise RuntimeError(f"sample {i}: {self.config.max_attempts} draws in a row hit "
                            f"unreadable videos ({len(self.failed)} known bad so far)")
 
-    def _make(self, v: int, rng: np.random.Generator) -> dict:
+    def read_clip(self, v: int, rng: np.random.Generator) -> np.ndarray:
+        """(T, H, W, 3) uint8 frames of video v at `span_offsets` from a random start, short
+        side `config.short_side`; DecodeError when they do not all decode."""
         cfg, rec = self.config, self.videos[v]
         n = self._lengths[v]
         off = self.span_offsets(n)
         start = int(rng.integers(0, n - off[-1]))
         src = np.minimum(to_source(start + off, self._steps[v]), rec.n_frames - 1)
         clip = read_frames(rec.path, rec.kind, src, cfg.short_side, cfg.decode_threads)
+        if clip.shape[0] != len(off):
+            raise DecodeError(rec.path, f"decoded {clip.shape[0]} of {len(off)} frames")
+        return clip
+
+    def _make(self, v: int, rng: np.random.Generator) -> dict:
+        cfg, rec = self.config, self.videos[v]
+        clip = self.read_clip(v, rng)
         h, w = clip.shape[1:3]  # (K+2, H, W, 3) uint8, short side = cfg.short_side
         if min(h, w) < cfg.crop:
             raise DecodeError(rec.path, f"frames are {w}x{h}, smaller than the crop {cfg.crop}")

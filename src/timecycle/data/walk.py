@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-from timecycle.data.clips import ClipDataset, to_source
-from timecycle.data.video import DecodeError, read_frames
+from timecycle.data.clips import ClipDataset
 from timecycle.encoder.preprocess import to_tensor
 
 
@@ -148,14 +147,8 @@ class WalkDataset(ClipDataset):
         return np.arange(self.config.clip_len) if n >= self.config.clip_len else None
 
     def _make(self, v: int, rng: np.random.Generator) -> dict:
-        cfg, rec = self.config, self.videos[v]
-        n = self._lengths[v]
-        off = self.span_offsets(n)
-        start = int(rng.integers(0, n - off[-1]))
-        src = np.minimum(to_source(start + off, self._steps[v]), rec.n_frames - 1)
-        clip = read_frames(rec.path, rec.kind, src, cfg.short_side, cfg.decode_threads)
-        if clip.shape[0] != cfg.clip_len:
-            raise DecodeError(rec.path, f"decoded {clip.shape[0]} of {cfg.clip_len} frames")
+        cfg = self.config
+        clip = self.read_clip(v, rng)
         h, w = clip.shape[1:3]
         boxes = walk_boxes(cfg, w, h, rng)
         frames = to_tensor(clip)  # (T, 3, H, W)
