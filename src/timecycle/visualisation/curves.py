@@ -241,8 +241,8 @@ def write_curves(rows: list[dict], path: str | Path) -> Path:
     panels = [plot(loss_series(rows), "training losses", "step", "loss")]
     evals = named_series(rows, EVAL_TERMS)
     if evals:
-        label = next((r["eval_label"] for r in reversed(rows) if r.get("eval_label")), "")
-        panels.append(plot(evals, "held-out J&F (" + (label or "DAVIS proxy") + ")", "step",
+        # The proxy's full description is on the page; the title only says what it is.
+        panels.append(plot(evals, "held-out J&F (a reduced-size DAVIS proxy)", "step",
                            "J&F, J, F", size=(760, 300)))
     probes = named_series(rows, PROBE_TERMS)
     if probes:
