@@ -91,8 +91,8 @@ def baselines(args, proxy, final, configs) -> list[dict]:
                      "kind": "baseline", "encoder": model.encoder})
         videos = index_videos(config.data, Path(args.out), workers=1)
         loader = make_loader(build_dataset(config, videos), config.batch_size, args.workers,
-                             start_index=0, seed=config.seed, total=args.bn_batches * config.batch_size,
-                             block=config.batch_size)
+                             start_index=0, seed=config.seed,
+                             total=args.bn_batches * config.batch_size, block=config.batch_size)
         stats = build_model(config)
         estimate_batchnorm(stats, loader, args.bn_batches)
         rows.append({"name": f"random {config.arch} ({config.objective}), training-clip "
