@@ -212,6 +212,8 @@ def probe_losses(model: torch.nn.Module, batch: dict, loss_config: LossConfig | 
         real, _ = objective_loss(model, batch, loss_config, device, amp_dtype)
         mixed, _ = objective_loss(model, unrelated(batch), loss_config, device, amp_dtype)
     return {"probe_real": float(real), "probe_unrelated": float(mixed)}
+
+
 def freeze_batchnorm(model: torch.nn.Module) -> None:
     """Every BatchNorm of `model` in eval mode: it normalises with its running statistics and
     no longer updates them (its affine weight and bias still learn)."""
