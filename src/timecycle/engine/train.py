@@ -360,7 +360,7 @@ def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, w
     if config.sync_bn:
         model = distributed.convert_sync_batchnorm(model, world, device)
     model.to(device)
-    if device.type == "cuda" and config.channels_last:
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
                                  weight_decay=config.weight_decay)

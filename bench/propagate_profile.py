@@ -1,0 +1,221 @@
+"""Where CPU propagation time goes, and how far it is from the machine's floor (not a test).
+
+On one DAVIS sequence (default car-shadow, 40 frames, the issue's CPU measure) with the crw
+protocol, it prints:
+- end to end: `timecycle propagate davis` in a fresh process, start-up included;
+- stages, in this process: reading JPEGs, the encoder, each propagation step split by operator
+  (torch.profiler: the windowed product, frame 0's unrestricted product, selection and top-k,
+  the rest), the output (resize, argmax, PNG);
+- the floor: the arithmetic each stage must do (the encoder's FLOPs; the affinities a query
+  may see: its disk in each context frame and all of frame 0) over this machine's measured
+  matrix-product rate, next to what the tiled product computes (the square window around
+  each tile, padding tiles included);
+- tile sizes: the propagation step at each `--tiles` value on the same features, with the
+  largest difference of its output from the default tile's;
+- with `--head`: the same encoder with a TimeCycle head (512 channels), whose step time per
+  channel is compared with the plain encoder's.
+
+    python bench/propagate_profile.py --root ../shared/data/DAVIS --sequence car-shadow
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from timecycle.datasets.davis import DavisRoot
+from timecycle.datasets.io import write_mask
+from timecycle.encoder import build_encoder
+from timecycle.propagation.propagator import LabelPropagator
+from timecycle.propagation.protocols import get_protocol
+from timecycle.propagation.resize import downsample_label, label_to_ids
+from timecycle.propagation.video import FrameEncoder, read_frames
+from timecycle.propagation.windows import make_geometry
+
+HERE = Path(__file__).resolve().parent
+# torch.profiler operator names -> the part of a propagation step they belong to.
+GROUPS = {"aten::bmm": "windowed product", "aten::mm": "frame 0 product",
+          "aten::topk": "top-k", "aten::gather": "selection", "aten::index": "selection"}
+
+
+def end_to_end(args: argparse.Namespace) -> float:
+    """Wall seconds of the command line tool in a new process (imports and start-up included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "timecycle", "propagate", "davis", "--root", args.root,
+               "--sequences", args.sequence, "--encoder", args.encoder, "--protocol",
+               args.protocol, "--out", tmp, "--quiet"]
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+        return time.perf_counter() - start
+
+
+def encode(encoder: torch.nn.Module, protocol, frames: np.ndarray) -> tuple[torch.Tensor, float]:
+    """(T, C, h, w) features of all frames (batches of 4) and the seconds it took."""
+    enc = FrameEncoder(encoder, protocol, torch.device("cpu"))
+    enc(frames[:1])  # warm-up
+    start = time.perf_counter()
+    feats = torch.cat([enc(frames[i : i + 4])[0] for i in range(0, len(frames), 4)])
+    return feats, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ side prints start/stop and device lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def propagate(protocol, feats: torch.Tensor, label0: torch.Tensor, tile: int,
+              profiled: bool = False) -> tuple[list[torch.Tensor], float, dict]:
+    """Soft labels of frames 1.., the seconds of the steps, and with `profiled` the operator
+    seconds grouped as GROUPS (everything else under "rest")."""
+    prop = LabelPropagator(protocol, feats[0], label0, tile)
+    groups: dict[str, float] = {}
+    prof = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
+    with quiet_stderr(), prof:
+        start = time.perf_counter()
+        outs = [prop.step(f) for f in feats[1:]]
+        seconds = time.perf_counter() - start
+    if profiled:
+        for ev in prof.key_averages():
+            if ev.key in GROUPS:
+                groups[GROUPS[ev.key]] = groups.get(GROUPS[ev.key], 0.0) + ev.self_cpu_time_total / 1e6
+        groups["rest"] = seconds - sum(groups.values())
+    return outs, seconds, groups
+
+
+def gemm_rate(n: int = 1536, repeat: int = 3) -> float:
+    """FLOP/s of a large fp32 matrix product on this machine, the best of `repeat`."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def flops(protocol, encoder, frame_hw: tuple[int, int], feat_shape: tuple[int, int, int],
+          tile: int) -> dict[str, float]:
+    """FLOPs per target frame: the encoder's, the affinities each query needs, and what the
+    tiled windows compute."""
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            encoder(torch.zeros(1, 3, *frame_hw))
+    c, h, w = feat_shape
+    geo = make_geometry(h, w, protocol.radius, protocol.restrict, tile)
+    keys = geo.allowed.shape[1]  # keys of a query's disk in one context frame
+    n = protocol.n_context
+    return {"encoder": float(counter.get_total_flops()),
+            "frame 0 product": 2.0 * (h * w) ** 2 * c,
+            "windowed, needed": 2.0 * h * w * keys * n * c,
+            "windowed, computed": 2.0 * geo.n_ty * geo.n_tx * tile**2 * geo.win**2 * n * (c + 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_root = Path(os.environ.get("TIMECYCLE_DATA", HERE.parents[1] / "shared" / "data")) / "DAVIS"
+    ap.add_argument("--root", default=str(default_root))
+    ap.add_argument("--sequence", default="car-shadow")
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--protocol", default="crw")
+    ap.add_argument("--frames", type=int, help="first N frames only (the in-process stages)")
+    ap.add_argument("--tiles", default="6,8,10,12", help="tile sizes to compare (default tile: 8)")
+    ap.add_argument("--head", action="store_true", help="also time a 512-channel TimeCycle head")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end process")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    protocol = get_protocol(args.protocol)
+    report: dict = {"sequence": args.sequence, "protocol": args.protocol, "threads": torch.get_num_threads()}
+    if not args.no_e2e:
+        report["end_to_end_s"] = end_to_end(args)
+        print(f"end to end (start-up included): {report['end_to_end_s']:.1f} s", flush=True)
+
+    seq = DavisRoot(args.root).sequence(args.sequence)
+    start = time.perf_counter()
+    frames = np.stack(list(read_frames(seq.frames[: args.frames])))
+    stages = {"read JPEGs": time.perf_counter() - start}
+    encoder = build_encoder(args.encoder, seed=0)
+    feats, stages["encoder"] = encode(encoder, protocol, frames)
+    ids0, n_obj = seq.first_label()
+    label0 = downsample_label(torch.from_numpy(ids0.astype(np.int64)), n_obj + 1, feats.shape[-2:], protocol)
+    outs, stages["propagation"], groups = propagate(protocol, feats, label0, 8, profiled=True)
+    size = frames.shape[1:3]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, soft in enumerate(outs, 1):
+            ids = label_to_ids(soft, protocol, size, ids0.shape).to(torch.uint8).numpy()
+            write_mask(Path(tmp) / f"{i:05d}.png", ids)
+    stages["output (resize, argmax, PNG)"] = time.perf_counter() - start
+    targets = len(frames) - 1
+    report.update(frames=len(frames), stages_s=stages, propagation_ops_s=groups)
+    print(f"\n{args.sequence}: {len(frames)} frames {size[1]}x{size[0]}, features "
+          f"{tuple(feats.shape[1:])}, {torch.get_num_threads()} threads")
+    for name, s in stages.items():
+        print(f"  {name:<32} {s:7.2f} s  {1000 * s / targets:7.1f} ms/frame")
+    for name, s in groups.items():
+        print(f"    step: {name:<26} {s:7.2f} s  {100 * s / stages['propagation']:5.1f} %")
+
+    rate = gemm_rate()
+    fl = flops(protocol, encoder, tuple(frames.shape[1:3]), tuple(feats.shape[1:]), 8)
+    needed = fl["encoder"] + fl["frame 0 product"] + fl["windowed, needed"]
+    floor = targets * needed / rate
+    report.update(gemm_gflops=rate / 1e9, flops_per_frame=fl, floor_s=floor)
+    print(f"\nfloor: fp32 matrix products at {rate / 1e9:.0f} GFLOP/s (1536^3, best of 3)")
+    for name, f in fl.items():
+        print(f"  {name:<32} {f / 1e9:7.1f} GFLOP/frame  {targets * f / rate:6.1f} s at that rate")
+    print(f"  needed arithmetic over {targets} frames: {floor:.1f} s; measured stages "
+          f"{sum(stages.values()):.1f} s ({sum(stages.values()) / floor:.1f}x the floor)")
+
+    tiles = [int(t) for t in args.tiles.split(",")]
+    report["tiles"] = {}
+    print("\ntile  step s/frame  max |diff| from tile 8")
+    for t in tiles:
+        o, s, _ = propagate(protocol, feats, label0, t)
+        diff = max(float((a - b).abs().max()) for a, b in zip(o, outs))
+        report["tiles"][t] = {"s_per_frame": s / targets, "max_diff": diff}
+        print(f"{t:4d}  {s / targets:12.3f}  {diff:.2e}", flush=True)
+
+    if args.head:
+        head = build_encoder(args.encoder, head=True, seed=0)
+        hfeats, henc = encode(head, protocol, frames)
+        _, hprop, _ = propagate(protocol, hfeats, label0, 8)
+        plain_c, head_c = feats.shape[1], hfeats.shape[1]
+        per = {name: {"channels": c, "encoder_s": e, "propagation_s": p,
+                      "channels_per_s": c * targets / (e + p)}
+               for name, c, e, p in (("plain", plain_c, stages["encoder"], stages["propagation"]),
+                                     ("head", head_c, henc, hprop))}
+        report["head"] = per
+        print("\nencoder   channels  encoder s  propagation s  channel-frames/s")
+        for name, r in per.items():
+            print(f"{name:<9} {r['channels']:8d} {r['encoder_s']:10.2f} {r['propagation_s']:14.2f} "
+                  f"{r['channels_per_s']:17.0f}")
+        print(f"head / plain per channel: {per['head']['channels_per_s'] / per['plain']['channels_per_s']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
