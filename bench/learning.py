@@ -48,6 +48,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "crw-small-frozenbn": ("crw-small", {"batchnorm": "frozen"}),
 }
 
+# Rows that need no learning: identity, pixel, each objective's random network as built, and
+# the same with BatchNorm statistics estimated on training clips.
+BASELINES = ("identity", "pixel", "random", "random-bnstats")
+
 
 def estimate_batchnorm(model, loader, batches: int) -> None:
     """Replace `model`'s BatchNorm running statistics by their mean over `batches` training
@@ -78,17 +82,21 @@ def baselines(args, proxy, final, configs) -> list[dict]:
     from timecycle.engine.train import build_dataset, build_model, index_videos
 
     device = torch.device("cpu")
+    wanted = set(args.baselines.split(","))
     rows = [{"name": "identity", "kind": "baseline", "encoder": None},
             {"name": "pixel", "kind": "baseline", "encoder": build_encoder("pixel")}]
+    rows = [r for r in rows if r["name"] in wanted]
     seen = set()
-    for config in configs:
+    for config in configs if wanted & {"random", "random-bnstats"} else []:
         key = (config.objective, config.arch, config.padding)
         if key in seen:
             continue
         seen.add(key)
-        model = build_model(config)
-        rows.append({"name": f"random {config.arch} ({config.objective}), as built",
-                     "kind": "baseline", "encoder": model.encoder})
+        if "random" in wanted:
+            rows.append({"name": f"random {config.arch} ({config.objective}), as built",
+                         "kind": "baseline", "encoder": build_model(config).encoder})
+        if "random-bnstats" not in wanted:
+            continue
         videos = index_videos(config.data, Path(args.out), workers=1)
         loader = make_loader(build_dataset(config, videos), config.batch_size, args.workers,
                              start_index=0, seed=config.seed,
@@ -218,11 +226,16 @@ def main() -> None:
     ap.add_argument("--bn-batches", type=int, default=25, help="batches for BatchNorm statistics")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baselines", default=",".join(BASELINES),
+                    help=f"comma-separated, from {', '.join(BASELINES)}")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--tiny", action="store_true",
                     help="generated videos and DAVIS, tiny sizes: the whole path in seconds")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    unknown = set(args.baselines.split(",")) - set(BASELINES)
+    if unknown:
+        ap.error(f"unknown --baselines {', '.join(sorted(unknown))}")
 
     import torch
 

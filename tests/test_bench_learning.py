@@ -31,3 +31,21 @@ def test_learning_benchmark_runs_end_to_end(tmp_path):
     table = (out / "results.md").read_text()
     assert "Proxy: DAVIS proxy" in table and "| crw-small | 8 | 2 |" in table
     assert (out / "learning.png").stat().st_size > 1000
+
+    # A finished run scored again with a chosen baseline: no training, only the rows asked for.
+    again = tmp_path / "again"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "learning.py"), "--tiny", "--out", str(again),
+         "--runs", f"crw={out / 'runs' / 'crw-small'}", "--baselines", "pixel",
+         "--threads", "1", "--workers", "0"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(open(again / "results.csv")))
+    assert [(r["name"], r["kind"]) for r in rows] == [("pixel", "baseline"), ("crw", "recipe")]
+    assert rows[1]["clips"] == "8"
+
+
+def test_learning_benchmark_refuses_unknown_baseline(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "learning.py"), "--out", str(tmp_path),
+         "--baselines", "pixel,imagenet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown --baselines imagenet" in done.stderr
