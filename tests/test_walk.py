@@ -154,6 +154,7 @@ def test_crw_run_logs_the_probe_and_its_checkpoint_propagates(data, tmp_path):
     for r in records:
         assert 0 < r["walk_xent"] < 10 and 0 <= r["walk_acc"] <= 1
         assert r["probe_real"] > 0 and r["probe_unrelated"] > 0
+        assert not {"long", "skip", "sim_feature", "sim_inlier"} & set(r)  # TimeCycle's terms
     encoder = ResNetEncoder("resnet18")
     info = load_weights(encoder, run / "last.pt")
     assert info.format == "native" and info.padding_mode == "reflect"

@@ -23,12 +23,18 @@ from timecycle.datasets.io import write_text_atomic
 
 METRICS = "metrics.jsonl"
 TERMS = ("long", "skip", "sim_feature", "sim_inlier")
+WALK_TERMS = ("walk_xent", "walk_acc")  # the contrastive random walk's (objective "crw")
 
 
 class Meter:
-    """Sums of per-step tensors, read (one device sync) only at log time."""
+    """Sums of per-step tensors, read (one device sync) only at log time.
 
-    def __init__(self) -> None:
+    terms: the objective's loss terms; every summary has them (None when no step of the window
+    was finite), and no other objective's.
+    """
+
+    def __init__(self, terms: tuple[str, ...] = TERMS) -> None:
+        self.terms = terms
         self.reset()
 
     def reset(self) -> None:
@@ -58,7 +64,7 @@ class Meter:
         out: dict[str, float | int | None] = {
             k: _plain(v.item() / self.finite) for k, v in self.sums.items()
         }
-        for k in ("loss", *TERMS, "grad_norm"):
+        for k in ("loss", *self.terms, "grad_norm"):
             out.setdefault(k, None)
         out.update(
             clips_per_s=self.clips / elapsed,

@@ -79,7 +79,7 @@ from timecycle.engine import checkpoint as ckpt
 from timecycle.engine import distributed
 from timecycle.engine.config import TrainConfig, check_resumable
 from timecycle.engine.distributed import World
-from timecycle.engine.logging import TERMS, Meter, MetricsLog
+from timecycle.engine.logging import TERMS, WALK_TERMS, Meter, MetricsLog
 from timecycle.engine.runtime import environment
 from timecycle.errors import UserError
 from timecycle.losses import LossConfig, total_loss
@@ -437,7 +437,8 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     model.train()
     if config.batchnorm == "frozen":
         freeze_batchnorm(model)
-    net, frozen, consecutive, meter = model, None, 0, Meter()
+    net, frozen, consecutive, meter = model, None, 0, Meter(
+        WALK_TERMS if config.objective == "crw" else TERMS)
     stopped, last_save, batches = False, time.monotonic(), iter(loader)
     try:
         while n.step < total_steps:
