@@ -45,7 +45,7 @@ def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> 
     p.add_argument("--protocol", default="crw", help=f"one of {', '.join(protocols)} (default crw)")
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
-    p.add_argument("--tile", type=int, default=8, help="query tile of restricted windows (default 8)")
+    p.add_argument("--tile", type=int, default=6, help="query tile of restricted windows (default 6)")
     p.add_argument("--evaluate", action="store_true", help="score the predictions at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--protocol", default="crw",
                    help=f"one of {', '.join(TRACK_PROTOCOLS)} (default crw)")
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
-    p.add_argument("--tile", type=int, default=8, help="query tile of restricted windows (default 8)")
+    p.add_argument("--tile", type=int, default=6, help="query tile of restricted windows (default 6)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     p.set_defaults(run=run)
 

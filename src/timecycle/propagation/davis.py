@@ -22,7 +22,7 @@ def propagate_davis(
     protocol: Protocol,
     provenance: dict,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
     progress: bool = True,
 ) -> RunStats:
     """Propagate every sequence in `names` into `out_dir`; `propagation.json` is written last.

@@ -32,7 +32,7 @@ def propagate_video(
     protocol: Protocol,
     readout: KeypointReadout,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
     joints: np.ndarray | None = None,
 ) -> np.ndarray:
     """(T, 15, 2) float64 joints for the T frames of `video` (frame 0 = its ground truth)."""
@@ -61,7 +61,7 @@ def propagate_jhmdb(
     readout: KeypointReadout,
     provenance: dict,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
     progress: bool = True,
 ) -> RunStats:
     """Propagate every video in `names`; write the predictions, then `propagation.json`."""

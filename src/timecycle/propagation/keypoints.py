@@ -111,7 +111,7 @@ def propagate_keypoints(
     protocol: Protocol,
     readout: KeypointReadout,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
 ) -> Iterator[np.ndarray]:
     """Yield (J, 2) float64 pos_img joints (NaN = not predicted) for frames 1, 2, ...
 

@@ -39,7 +39,7 @@ class LabelPropagator:
         tile: query tile side for restricted windows.
     """
 
-    def __init__(self, protocol: Protocol, feat0: torch.Tensor, label0: torch.Tensor, tile: int = 8):
+    def __init__(self, protocol: Protocol, feat0: torch.Tensor, label0: torch.Tensor, tile: int = 6):
         self.p = protocol
         c, h, w = feat0.shape
         k = label0.shape[0]

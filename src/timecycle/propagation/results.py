@@ -143,7 +143,7 @@ def propagate_masks(
     protocol: Protocol,
     writer: ThreadPoolExecutor,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
     progress: bool = True,
 ) -> SequenceStats:
     """Write one PNG per frame into `out_dir/<name>`; frame 0 is `ids0` (H, W) uint8.
@@ -194,7 +194,7 @@ def propagate_mask_set(
     provenance: dict,
     stale: Iterable[str],
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
     progress: bool = True,
     key: str = "sequences",
 ) -> RunStats:

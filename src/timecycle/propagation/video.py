@@ -116,7 +116,7 @@ def propagate_frames(
     frame_encoder: FrameEncoder,
     protocol: Protocol,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
 ) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
     """Yield (soft label (K, h, w), encoded frame size) for frames 1, 2, ... of `frames`.
 

@@ -27,7 +27,7 @@ def propagate_vip(
     protocol: Protocol,
     provenance: dict,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
     progress: bool = True,
 ) -> RunStats:
     """Propagate every video in `names`; write results and `propagation.json` last.

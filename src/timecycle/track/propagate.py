@@ -136,7 +136,7 @@ def track_frames(
     xy0: np.ndarray | None = None,
     flow: bool = False,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
 ) -> Iterator[FrameResult]:
     """Yield a `FrameResult` for every frame of `frames` ((H, W, 3) uint8, frame 0 first).
 

@@ -83,7 +83,7 @@ def track_video(
     flow: bool = False,
     record: dict | None = None,
     batch_size: int = 4,
-    tile: int = 8,
+    tile: int = 6,
     progress: bool = True,
 ) -> dict:
     """Track `mask` (a first-frame id PNG) and/or `points` (an `id,x,y` CSV) through `video`
