@@ -43,7 +43,7 @@ from timecycle.propagation.propagator import LabelPropagator
 from timecycle.propagation.protocols import get_protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
 from timecycle.propagation.video import FrameEncoder, read_frames
-from timecycle.propagation.windows import make_geometry
+from timecycle.propagation.windows import DEFAULT_TILE, make_geometry
 
 HERE = Path(__file__).resolve().parent
 # torch.profiler operator names -> the part of a propagation step they belong to.
@@ -142,7 +142,8 @@ def main() -> None:
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--protocol", default="crw")
     ap.add_argument("--frames", type=int, help="first N frames only (the in-process stages)")
-    ap.add_argument("--tiles", default="6,8,10,12", help="tile sizes to compare (default tile: 6)")
+    ap.add_argument("--tiles", default="6,8,10,12",
+                    help=f"tile sizes to compare (default tile: {DEFAULT_TILE})")
     ap.add_argument("--head", action="store_true", help="also time a 512-channel TimeCycle head")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end process")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -161,7 +162,8 @@ def main() -> None:
     feats, stages["encoder"] = encode(encoder, protocol, frames)
     ids0, n_obj = seq.first_label()
     label0 = downsample_label(torch.from_numpy(ids0.astype(np.int64)), n_obj + 1, feats.shape[-2:], protocol)
-    outs, stages["propagation"], groups = propagate(protocol, feats, label0, 6, profiled=True)
+    outs, stages["propagation"], groups = propagate(protocol, feats, label0, DEFAULT_TILE,
+                                                    profiled=True)
     size = frames.shape[1:3]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +181,7 @@ def main() -> None:
         print(f"    step: {name:<26} {s:7.2f} s  {100 * s / stages['propagation']:5.1f} %")
 
     rate = gemm_rate()
-    fl = flops(protocol, encoder, tuple(frames.shape[1:3]), tuple(feats.shape[1:]), 6)
+    fl = flops(protocol, encoder, tuple(frames.shape[1:3]), tuple(feats.shape[1:]), DEFAULT_TILE)
     needed = fl["encoder"] + fl["frame 0 product"] + fl["windowed, needed"]
     floor = targets * needed / rate
     report.update(gemm_gflops=rate / 1e9, flops_per_frame=fl, floor_s=floor)
@@ -191,7 +193,7 @@ def main() -> None:
 
     tiles = [int(t) for t in args.tiles.split(",")]
     report["tiles"] = {}
-    print("\ntile  step s/frame  max |diff| from tile 6")
+    print(f"\ntile  step s/frame  max |diff| from tile {DEFAULT_TILE}")
     for t in tiles:
         o, s, _ = propagate(protocol, feats, label0, t)
         diff = max(float((a - b).abs().max()) for a, b in zip(o, outs))
@@ -201,7 +203,7 @@ def main() -> None:
     if args.head:
         head = build_encoder(args.encoder, head=True, seed=0)
         hfeats, henc = encode(head, protocol, frames)
-        _, hprop, _ = propagate(protocol, hfeats, label0, 8)
+        _, hprop, _ = propagate(protocol, hfeats, label0, DEFAULT_TILE)
         plain_c, head_c = feats.shape[1], hfeats.shape[1]
         per = {name: {"channels": c, "encoder_s": e, "propagation_s": p,
                       "channels_per_s": c * targets / (e + p)}

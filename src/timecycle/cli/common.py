@@ -7,6 +7,7 @@ import argparse
 
 from timecycle.datasets.davis import DavisRoot
 from timecycle.encoder import ENCODERS
+from timecycle.propagation.windows import DEFAULT_TILE
 
 
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +46,8 @@ def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> 
     p.add_argument("--protocol", default="crw", help=f"one of {', '.join(protocols)} (default crw)")
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
-    p.add_argument("--tile", type=int, default=6, help="query tile of restricted windows (default 6)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"query tile of restricted windows (default {DEFAULT_TILE})")
     p.add_argument("--evaluate", action="store_true", help="score the predictions at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

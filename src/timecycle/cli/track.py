@@ -8,6 +8,7 @@ import sys
 
 from timecycle.cli.common import add_encoder_args
 from timecycle.datasets.io import output_folder
+from timecycle.propagation.windows import DEFAULT_TILE
 
 
 def register(sub) -> None:
@@ -30,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--protocol", default="crw",
                    help=f"one of {', '.join(TRACK_PROTOCOLS)} (default crw)")
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
-    p.add_argument("--tile", type=int, default=6, help="query tile of restricted windows (default 6)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"query tile of restricted windows (default {DEFAULT_TILE})")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     p.set_defaults(run=run)
 

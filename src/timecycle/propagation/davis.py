@@ -9,6 +9,7 @@ from timecycle.datasets.davis import DavisRoot
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.results import RunStats, propagate_mask_set
 from timecycle.propagation.video import FrameEncoder
+from timecycle.propagation.windows import DEFAULT_TILE
 
 # Files of an earlier evaluation in the output folder; they describe the old predictions.
 STALE = ("global_results-val.csv", "per-sequence_results-val.csv", "results-val.json")
@@ -22,7 +23,7 @@ def propagate_davis(
     protocol: Protocol,
     provenance: dict,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
     progress: bool = True,
 ) -> RunStats:
     """Propagate every sequence in `names` into `out_dir`; `propagation.json` is written last.

@@ -24,6 +24,7 @@ from timecycle.propagation.keypoints import propagate_keypoints
 from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.video import FrameEncoder, prefetch, read_frames
+from timecycle.propagation.windows import DEFAULT_TILE
 
 
 def propagate_video(
@@ -32,7 +33,7 @@ def propagate_video(
     protocol: Protocol,
     readout: KeypointReadout,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
     joints: np.ndarray | None = None,
 ) -> np.ndarray:
     """(T, 15, 2) float64 joints for the T frames of `video` (frame 0 = its ground truth)."""
@@ -61,7 +62,7 @@ def propagate_jhmdb(
     readout: KeypointReadout,
     provenance: dict,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
     progress: bool = True,
 ) -> RunStats:
     """Propagate every video in `names`; write the predictions, then `propagation.json`."""

@@ -27,6 +27,7 @@ import torch
 from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.video import FrameEncoder, propagate_frames
+from timecycle.propagation.windows import DEFAULT_TILE
 
 
 def joints_to_cells(joints: torch.Tensor, image_hw: tuple[int, int], feat_hw: tuple[int, int]) -> torch.Tensor:
@@ -111,7 +112,7 @@ def propagate_keypoints(
     protocol: Protocol,
     readout: KeypointReadout,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
 ) -> Iterator[np.ndarray]:
     """Yield (J, 2) float64 pos_img joints (NaN = not predicted) for frames 1, 2, ...
 

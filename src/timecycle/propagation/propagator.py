@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import minmax
 from timecycle.propagation.windows import (
+    DEFAULT_TILE,
     OUTSIDE,
     WindowGeometry,
     make_geometry,
@@ -39,7 +40,8 @@ class LabelPropagator:
         tile: query tile side for restricted windows.
     """
 
-    def __init__(self, protocol: Protocol, feat0: torch.Tensor, label0: torch.Tensor, tile: int = 6):
+    def __init__(self, protocol: Protocol, feat0: torch.Tensor, label0: torch.Tensor,
+                 tile: int = DEFAULT_TILE):
         self.p = protocol
         c, h, w = feat0.shape
         k = label0.shape[0]

@@ -28,6 +28,7 @@ from timecycle.errors import UserError
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
 from timecycle.propagation.video import FrameEncoder, prefetch, propagate_frames, read_frames
+from timecycle.propagation.windows import DEFAULT_TILE
 
 PROVENANCE_FILE = "propagation.json"
 
@@ -143,7 +144,7 @@ def propagate_masks(
     protocol: Protocol,
     writer: ThreadPoolExecutor,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
     progress: bool = True,
 ) -> SequenceStats:
     """Write one PNG per frame into `out_dir/<name>`; frame 0 is `ids0` (H, W) uint8.
@@ -194,7 +195,7 @@ def propagate_mask_set(
     provenance: dict,
     stale: Iterable[str],
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
     progress: bool = True,
     key: str = "sequences",
 ) -> RunStats:

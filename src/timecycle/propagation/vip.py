@@ -17,6 +17,7 @@ from timecycle.metrics.vip import RESULT_FILES
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.results import RunStats, propagate_mask_set
 from timecycle.propagation.video import FrameEncoder
+from timecycle.propagation.windows import DEFAULT_TILE
 
 
 def propagate_vip(
@@ -27,7 +28,7 @@ def propagate_vip(
     protocol: Protocol,
     provenance: dict,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
     progress: bool = True,
 ) -> RunStats:
     """Propagate every video in `names`; write results and `propagation.json` last.

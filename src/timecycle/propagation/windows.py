@@ -27,6 +27,11 @@ import torch.nn.functional as F
 # so that a softmax over selected values never sees -inf - -inf.
 OUTSIDE = -1e4
 
+# Query tile side of every command and function that propagates. At DAVIS 480p (60 x 107
+# cells) 6 pads to 60 x 108 where 8 pads to 64 x 112, and ran 7-8% faster end to end than 8
+# with identical output (car-shadow, blackswan; bench/propagate_profile.py).
+DEFAULT_TILE = 6
+
 
 @dataclass(frozen=True)
 class WindowGeometry:
@@ -61,14 +66,13 @@ class WindowGeometry:
 
 
 def make_geometry(
-    h: int, w: int, radius: int, shape: str, tile: int = 6, device: torch.device | None = None
+    h: int, w: int, radius: int, shape: str, tile: int = DEFAULT_TILE,
+    device: torch.device | None = None
 ) -> WindowGeometry:
     """Tiling and allowed-key table for `shape` "disk" (distance < radius, CRW's
     MaskedAttention) or "square" (|dy|, |dx| <= radius, DINO's restrict_neighborhood).
 
-    Tile 6 is the default: at DAVIS 480p (60 x 107 cells) it pads to 60 x 108 where 8 pads to
-    64 x 112, and ran 7-8% faster end to end than 8 with identical output (car-shadow,
-    blackswan; bench/propagate_profile.py). The tile never changes which keys are read.
+    The tile never changes which keys are read, only how they are batched (DEFAULT_TILE).
     """
     if shape == "disk":
         half = radius - 1 if radius > 0 else 0

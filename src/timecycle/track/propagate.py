@@ -26,6 +26,7 @@ from timecycle.propagation.propagator import LabelPropagator
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
 from timecycle.propagation.video import FrameEncoder
+from timecycle.propagation.windows import DEFAULT_TILE
 
 # Queries per soft-argmax product: (FLOW_CHUNK x cells of frame 0) floats at a time.
 FLOW_CHUNK = 1024
@@ -136,7 +137,7 @@ def track_frames(
     xy0: np.ndarray | None = None,
     flow: bool = False,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
 ) -> Iterator[FrameResult]:
     """Yield a `FrameResult` for every frame of `frames` ((H, W, 3) uint8, frame 0 first).
 

@@ -32,6 +32,7 @@ from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.results import partial_folder
 from timecycle.propagation.video import FrameEncoder, prefetch
+from timecycle.propagation.windows import DEFAULT_TILE
 from timecycle.track.inputs import FrameStream, Points, read_first_mask, read_points
 from timecycle.track.outputs import NpyStream, write_tracks
 from timecycle.track.propagate import FrameResult, track_frames
@@ -83,7 +84,7 @@ def track_video(
     flow: bool = False,
     record: dict | None = None,
     batch_size: int = 4,
-    tile: int = 6,
+    tile: int = DEFAULT_TILE,
     progress: bool = True,
 ) -> dict:
     """Track `mask` (a first-frame id PNG) and/or `points` (an `id,x,y` CSV) through `video`
