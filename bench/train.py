@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> dict:
     from timecycle.data import ClipDataset, build_index, make_loader
     from timecycle.engine.config import make_config
     from timecycle.engine.runtime import resolve_device
-    from timecycle.engine.train import index_videos, train_step
+    from timecycle.engine.train import index_videos, make_optimizer, train_step
     from timecycle.tracker import TimeCycle
 
     device = resolve_device(args.device)
@@ -91,7 +91,7 @@ def worker(args: argparse.Namespace) -> dict:
     model.to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    optimizer = make_optimizer(model, config)
     # dynamic=False: fixed shapes, one graph each (the encoder sees two: frames and patch).
     net = torch.compile(model, dynamic=False) if args.compile else model
     loss_config = config.loss_config()
@@ -149,6 +149,12 @@ def worker(args: argparse.Namespace) -> dict:
     bound = (time.perf_counter() - t0) / args.steps
 
     step_s, wait_s = compute / args.steps, wait / args.steps
+    profiled = {}
+    if args.profile:
+        try:  # a profiler failure must not cost the timings above (one GPU call, no rerun)
+            profiled = _profile(step, batches, device, args, step_s)
+        except Exception as e:  # noqa: BLE001
+            profiled = {"profile_error": f"{type(e).__name__}: {e}"}
     achieved = flops / step_s / 1e12
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak = args.peak_tflops or (peak_tflops(name, precision) if cuda else None)
@@ -161,7 +167,43 @@ def worker(args: argparse.Namespace) -> dict:
         "tflops": achieved, "peak_tflops": peak, "mfu": achieved / peak if peak else None,
         "bound_s": bound, "bound_clips_per_s": config.batch_size / bound,
         "bound_ratio": bound / step_s, "bound_ratio_e2e": bound / (step_s + wait_s),
+        **profiled,
     }
+
+
+def _profile(step, batches, device, args: argparse.Namespace, step_s: float) -> dict:
+    """torch.profiler over PROFILE_STEPS steps: the operators by their own device time (CPU
+    time on the CPU) into DIR/<preset>[-compile].txt, and per step: the device's busy time
+    against the timed step (how much of the step the GPU computes rather than waits for
+    launches), operators called, and host-device synchronisations."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILE_STEPS):
+            step(next(batches))
+            _sync(device)
+    events = prof.key_averages()
+    name = f"{args.preset}{'-compile' if args.compile else ''}.txt"
+    path = Path(args.profile) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    path.write_text(events.table(sort_by=sort, row_limit=40, max_name_column_width=60))
+    busy = sum(e.self_device_time_total for e in events) / PROFILE_STEPS / 1e6 if cuda else None
+    return {
+        "profile": str(path),
+        "device_busy_s": busy,
+        "device_busy": busy / step_s if busy is not None else None,
+        "ops_per_step": sum(e.count for e in events if e.key.startswith("aten::")) / PROFILE_STEPS,
+        # Less the one of _sync after each profiled step.
+        "syncs_per_step": sum(e.count for e in events if "Synchronize" in e.key)
+        / PROFILE_STEPS - 1 if cuda else None,
+    }
+
+
+PROFILE_STEPS = 3
 
 
 def _generate(root: Path, n_videos: int) -> None:
@@ -191,6 +233,8 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=8, help="generated videos")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU")
     ap.add_argument("--json", action="store_true", help="one JSON line per preset")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="then profile 3 steps: operator tables into DIR, busy share printed")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--generated", action="store_true", help=argparse.SUPPRESS)
@@ -220,6 +264,7 @@ def main() -> None:
                    "--precision", args.precision, "--videos", str(args.videos)]
             cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
             cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+            cmd += ["--profile", args.profile] if args.profile else []
             cmd += [flag for flag, on in (("--no-channels-last", args.no_channels_last),
                                           ("--compile", args.compile),
                                           ("--generated", args.data is None)) if on]
@@ -247,6 +292,17 @@ def main() -> None:
               f"{r['bound_s']:8.3f} {r['bound_ratio']:10.2f} {r['bound_ratio_e2e']:5.2f}")
     print("bound/step: the encoder's forward+backward alone / the step's compute "
           "(target on a GPU: >= 0.70); e2e: / the step including the data wait")
+    for r in rows:
+        if "profile" in r:
+            busy = (f"device busy {r['device_busy_s']:.4f} s per step = "
+                    f"{100 * r['device_busy']:.0f}% of the step, "
+                    if r["device_busy"] is not None else "")
+            syncs = (f" and {r['syncs_per_step']:.0f} host-device syncs"
+                     if r["syncs_per_step"] is not None else "")
+            print(f"profile {r['preset']}: {busy}{r['ops_per_step']:.0f} aten operators (nested "
+                  f"ones included){syncs} per step -> {r['profile']}")
+        elif "profile_error" in r:
+            print(f"profile {r['preset']}: failed: {r['profile_error']}")
 
 
 if __name__ == "__main__":

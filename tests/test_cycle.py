@@ -7,6 +7,7 @@ from torch import nn
 
 from timecycle.encoder import ResNetEncoder
 from timecycle.losses import preset, total_loss
+from timecycle.losses.theta import theta_grid_distance
 from timecycle.tracker import (
     PUBLIC_TRANSLATION_FACTOR,
     TimeCycle,
@@ -87,29 +88,73 @@ def test_cycles_visit_the_frames_in_order():
     with torch.no_grad():
         reference = F.normalize(model.encoder(frames[0])[:, :, 0, 0], dim=1)  # (K+1, C)
 
-    def offsets(x):  # frame index j (0 = oldest) -> i = past - j
-        unit = F.normalize(x[:, :, x.shape[2] // 2, x.shape[3] // 2], dim=1)
-        cos, j = (unit @ reference.T).max(dim=1)
+    def offsets(x, blocks=1):  # frame index j (0 = oldest) -> i = past - j, per stacked query
+        h = x.shape[2] // blocks
+        centre = x[:, :, h // 2 :: h, x.shape[3] // 2].transpose(1, 2).flatten(0, 1)
+        cos, j = (F.normalize(centre, dim=1) @ reference.T).max(dim=1)
         assert (cos > 0.999).all()
         return tuple((past - j).tolist())
 
     calls = []
-    locate = model.locate
+    locate, locate_stack = model.locate, model.locate_stack
 
     def recording(query, search):
         calls.append((offsets(query), offsets(search)))
         return locate(query, search)
 
-    model.locate = recording
+    def recording_stack(queries, search):
+        calls.append((offsets(queries, queries.shape[2] // 7), offsets(search)))
+        return locate_stack(queries, search)
+
+    model.locate, model.locate_stack = recording, recording_stack
     model(frames, patch, theta_gt)
     assert calls == [
         ((0, 0, 0, 0), (1, 2, 3, 4)),  # direct: patch in every past frame
-        ((1, 2, 3, 4), (0, 0, 0, 0)),  # skip: each crop back in I_t
         ((1,), (2,)), ((2,), (3,)), ((3,), (4,)),  # backward chain, shared by all lengths
-        ((2,), (1,)), ((1,), (0,)),  # n = 2 forward
-        ((3,), (2,)), ((2,), (1,)), ((1,), (0,)),  # n = 3
-        ((4,), (3,)), ((3,), (2,)), ((2,), (1,)), ((1,), (0,)),  # n = 4
+        ((4,), (3,)),  # forward into I_{t-3}: cycle n = 4
+        ((3, 3), (2,)),  # into I_{t-2}: n = 3 joins (in front), n = 4
+        ((2, 2, 2), (1,)),  # into I_{t-1}: n = 2, 3, 4
+        ((1, 2, 3, 4, 1, 1, 1), (0,)),  # into I_t: the skip cycles, then long n = 2, 3, 4
     ]  # fmt: skip
+
+
+def sequential_cycles(model, frames, patch, theta_gt):
+    """The cycles one localisation at a time, each recomputed from its start as the public code
+    does (model_simple.py): theta_skip, theta_long (B, K, 2, 3) and the per-clip distances."""
+    feats, patch_raw = model.encode(frames, patch)
+    units = F.normalize(feats, dim=2)
+    k = frames.shape[1] - 1
+    query = F.normalize(patch_raw, dim=1)
+    past_raw, past, target = feats[:, :k].flip(1), units[:, :k].flip(1), units[:, k]
+    direct = [model.track(query, past[:, i], past_raw[:, i]) for i in range(k)]
+    skip = [model.locate(crop, target)[0] for crop in direct]
+    long = []
+    for n in range(1, k + 1):
+        crop = query
+        for i in [*range(n), *range(n - 2, -1, -1)]:  # back to I_{t-n}, forward to I_{t-1}
+            crop = model.track(crop, past[:, i], past_raw[:, i])
+        long.append(model.locate(crop, target)[0])
+    return torch.stack(skip, 1), torch.stack(long, 1)
+
+
+@pytest.mark.parametrize("past", [1, 2, 4])
+def test_batched_cycles_equal_the_cycles_run_one_by_one(past):
+    # A random localizer, so every step moves somewhere else; float64 to compare tightly.
+    torch.manual_seed(0)
+    model = TimeCycle(CellEncoder(), frame_size=128, patch_size=56).double()
+    frames, patch, theta_gt = (x.double() for x in clip(batch=3, past=past))
+    theta_gt = theta_gt.clone()
+    theta_gt[1, :, 2] += 0.2  # clips differ in theta_gt
+    patch = cut_patch(frames[:, -1], theta_gt, 56)
+    out = model(frames, patch, theta_gt)
+    skip, long = sequential_cycles(model, frames, patch, theta_gt)
+    assert skip.std() > 0.01 and long.std() > 0.01  # the thetas differ
+    torch.testing.assert_close(out["theta_skip"], skip, rtol=0, atol=1e-10)
+    torch.testing.assert_close(out["theta_long"], long, rtol=0, atol=1e-10)
+    gt = theta_gt.unsqueeze(1).expand(-1, past, 2, 3).flatten(0, 1)
+    for name, theta in (("skip", skip), ("long", long)):
+        dist = theta_grid_distance(theta.flatten(0, 1), gt, model.theta_grid, "none")
+        torch.testing.assert_close(out[name], dist.view(3, past).mean(0), rtol=0, atol=1e-10)
 
 
 def test_a_perfect_tracker_on_identical_frames_scores_the_best_losses():

@@ -18,6 +18,7 @@ from timecycle.tracker import (
     params_to_theta,
     scale_translation,
 )
+from timecycle.tracker.sampler import affine_sample_stack, bilinear_matmul
 
 
 def unit(*shape, seed=0):
@@ -184,3 +185,39 @@ def test_rotated_crop_of_smooth_stride8_features_matches_the_patch():
         errors[align_corners] = (via_patch - via_features).abs().max().item()
     assert errors[False] < 0.03  # bilinear vs 8 x 8 cell means of a rotated window
     assert errors[False] < errors[True] / 5  # why align_corners=False is the default
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bilinear_matmul_equals_grid_sample_with_its_gradients(align_corners):
+    # Points inside, on whole cells (where grid_sample's gradient is one-sided), on the border
+    # and outside the map (zero padding), in float64.
+    torch.manual_seed(0)
+    source = torch.randn(2, 5, 6, 7, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last
+    )
+    grid = torch.rand(2, 4, 3, 2, dtype=torch.float64) * 2.6 - 1.3
+    n = torch.tensor([7.0, 6.0], dtype=torch.float64)  # (W, H)
+    cells = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    grid[:, 0, 0] = cells / (n - 1) * 2 - 1 if align_corners else (2 * cells + 1) / n - 1
+    grid[:, 0, 1] = 1.6  # more than a cell beyond the last one either way
+    source.requires_grad_(), grid.requires_grad_()
+    weight = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    outs = [
+        F.grid_sample(source, grid, align_corners=align_corners),
+        bilinear_matmul(source, grid, align_corners),
+    ]
+    grads = [torch.autograd.grad((o * weight).sum(), (source, grid)) for o in outs]
+    assert outs[0].abs().min() < 1e-12 < outs[0].abs().max()  # some points read only padding
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-12)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_stacked_crops_equal_separate_crops():
+    torch.manual_seed(0)
+    source = torch.randn(2, 4, 9, 9)
+    theta = params_to_theta(torch.randn(2 * 3, 3) * 0.3, 1 / 3).view(2, 3, 2, 3)
+    stacked = affine_sample_stack(source, theta, (3, 3))
+    for j in range(3):
+        torch.testing.assert_close(stacked[:, :, 3 * j : 3 * j + 3],
+                                   affine_sample(source, theta[:, j], (3, 3)))

@@ -143,7 +143,7 @@ def probe_step_seconds(cfg: DemoConfig) -> float:
     import torch
 
     from timecycle.engine.distributed import World, resolve_device
-    from timecycle.engine.train import train_step
+    from timecycle.engine.train import make_optimizer, train_step
     from timecycle.tracker import TimeCycle
 
     config = _train_config(cfg, Path("."), Path("."))
@@ -152,7 +152,7 @@ def probe_step_seconds(cfg: DemoConfig) -> float:
     state = torch.random.get_rng_state()
     model = TimeCycle.build(config.arch, loss_config, config.crop, config.patch, config.seed)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config)
     b = config.batch_size
     batch = {"frames": torch.rand(b, clip.n_past + 1, 3, config.crop, config.crop),
              "patch": torch.rand(b, 3, config.patch, config.patch),

@@ -29,15 +29,20 @@ def affinity(
         scale: multiplier of the cosine similarities before the softmax.
 
     Returns:
-        (B, H*W, h*w): column q is a distribution over the H*W search positions (sums to 1).
+        (B, H*W, h*w): column q is a distribution over the H*W search positions (sums to 1);
+        a transposed view of a contiguous (B, h*w, H*W).
     """
     if query.shape[:2] != search.shape[:2]:
         raise ValueError(
             f"query {tuple(query.shape)} and search {tuple(search.shape)} differ in B or C"
         )
-    # (B, C, H*W)^T @ (B, C, h*w) -> (B, H*W, h*w)
-    logits = torch.einsum("bcs,bcq->bsq", search.flatten(2), query.flatten(2)) * scale
-    return logits.softmax(dim=1)
+    # Computed as (B, h*w, H*W) with the softmax over the last, contiguous axis, and returned
+    # transposed (a view). A softmax over dim 1 of (B, H*W, h*w) runs CUDA's strided "spatial"
+    # kernel: on an H200 it took ~0.7 ms per call of the full preset, a tenth of a training
+    # step for eight calls. The view is also the layout the localizer's first convolution
+    # wants: read as (B, H*W, h, w) it is channels-last, so no copy is made there either.
+    logits = torch.einsum("bcq,bcs->bqs", query.flatten(2), search.flatten(2)) * scale
+    return logits.softmax(dim=-1).transpose(1, 2)
 
 
 class Affinity(nn.Module):

@@ -8,6 +8,12 @@ Per clip, with K past frames I_{t-K..t-1} and the target I_t whose patch is trac
   I_{t-1}, then localised in I_t, compared with theta_gt.
 The backward chain is computed once: cycle n's backward half is the first n steps of cycle K's,
 and its first step is the direct step into I_{t-1}. The public code recomputes it per cycle.
+The forward halves run by frame: every cycle still under way steps into I_{t-i} in one batched
+step, and the skip and long cycles end in I_t in one more, so K past frames take 2K - 1
+sequential tracker steps after the direct one instead of K (K + 1) / 2 + 2 K - 2 (7 instead of
+13 at K = 4). On a GPU these small steps are launch-bound; fewer, larger ones are faster. The
+queries of a step are stacked along the height, (B, C, m*h, w), against one search map per
+clip, so no search map is copied per query.
 
 Both similarity variants score the direct steps: the paper's L_sim^i compares the patch with
 the tracker's localisation of the patch in I_{t-i}, and the public code's inlier count scores
@@ -126,6 +132,25 @@ class TimeCycle(nn.Module):
         theta, _ = self.locate(query, search)
         return self.sampler(search_raw, theta)
 
+    def locate_stack(self, queries: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+        """Localise m queries per clip in that clip's search map.
+
+        (B, C, m*h, w) queries stacked along the height, (B, C, H, W), both unit over C ->
+        theta (B, m, 2, 3). The affinity's columns are (query j, y, x) row-major, so query j
+        owns columns j*h*w .. (j+1)*h*w - 1, each a softmax over the search positions.
+        """
+        b, m = queries.shape[0], queries.shape[2] // self.query_size[0]
+        aff = self.affinity(queries, search)  # (B, H*W, m*h*w)
+        aff = aff.unflatten(2, (m, -1)).transpose(1, 2).flatten(0, 1)  # (B*m, H*W, h*w)
+        return self.localizer(aff).unflatten(0, (b, m))
+
+    def track_stack(
+        self, queries: torch.Tensor, search: torch.Tensor, search_raw: torch.Tensor
+    ) -> torch.Tensor:
+        """`track` for m stacked queries per clip: (B, C, m*h, w), (B, C, H, W) unit and raw ->
+        (B, C, m*h, w), the m next queries, unit over C."""
+        return self.sampler.stack(search_raw, self.locate_stack(queries, search))
+
     def encode(
         self, frames: torch.Tensor, patch: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -194,19 +219,22 @@ class TimeCycle(nn.Module):
         if k < 1:
             raise ValueError(f"need past frames and a target, got frames {tuple(frames.shape)}")
         feats, patch_raw = self.encode(frames, patch if self.query == "patch" else None)
-        units = F.normalize(feats, dim=2)
-        query = self.query_features(feats[:, k], patch_raw, theta_gt)
-        # Past frames most recent first, so that index i - 1 is I_{t-i}.
-        past_raw, past = feats[:, :k].flip(1), units[:, :k].flip(1)
-        target = units[:, k]
+        # Per-frame views from one unbind each: its backward is one stack, where indexing the
+        # tensor at every step would zero-fill a whole (B, K+1, C, H, W) gradient per use (16%
+        # of a CPU step of the small preset).
+        raw = feats.unbind(1)
+        units = F.normalize(feats, dim=2).unbind(1)
+        query = self.query_features(raw[k], patch_raw, theta_gt)
+        # Past frames most recent first, so that index i - 1 is I_{t-i}: K maps (B, C, H, W).
+        past_raw, past, target = raw[k - 1 :: -1], units[k - 1 :: -1], units[k]
 
         def per_step(x: torch.Tensor) -> torch.Tensor:
             """Repeat (B, ...) over the K steps -> (B*K, ...), ordered (clip, step)."""
             return x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)
 
         # Direct steps, all past frames in one batched step.
-        theta_direct, aff_direct = self.locate(per_step(query), past.flatten(0, 1))
-        crop_direct = self.sampler(past_raw.flatten(0, 1), theta_direct)
+        theta_direct, aff_direct = self.locate(per_step(query), torch.stack(past, 1).flatten(0, 1))
+        crop_direct = self.sampler(torch.stack(past_raw, 1).flatten(0, 1), theta_direct)
         sim_feature = feature_similarity_loss(per_step(query), crop_direct, reduction="none")
         # The inlier mask follows the theta the sampler applies, translation factor included.
         sampled = scale_translation(theta_direct, self.sampler.translation_factor)
@@ -219,15 +247,20 @@ class TimeCycle(nn.Module):
             reduction="none",
         )
 
-        # Skip cycles: each direct crop back into I_t.
-        theta_skip, _ = self.locate(crop_direct, per_step(target))
-        skip = theta_grid_distance(theta_skip, per_step(theta_gt), self.theta_grid, "none")
-
-        theta_long = self._long_cycles(crop_direct.unflatten(0, (b, k)), past, past_raw, target)
-        theta_long = torch.cat([theta_skip.unflatten(0, (b, k))[:, :1], theta_long], dim=1)
-        long = theta_grid_distance(
-            theta_long.flatten(0, 1), per_step(theta_gt), self.theta_grid, "none"
-        )
+        # The skip cycles (each direct crop) and the long cycles n = 2..K end in I_t together.
+        # Cycle n = 1 (I_t -> I_{t-1} -> I_t) is exactly the skip cycle through I_{t-1}.
+        direct = _stack(crop_direct.unflatten(0, (b, k)))  # (B, C, K*h, w)
+        ends = direct if k < 2 else torch.cat([direct, self._long_cycles(direct, past, past_raw)],
+                                              dim=2)
+        theta_back = self.locate_stack(ends, target)  # (B, 2K-1, 2, 3)
+        distance = theta_grid_distance(
+            theta_back.flatten(0, 1), theta_gt.repeat_interleave(2 * k - 1, dim=0),
+            self.theta_grid, "none",
+        ).view(b, 2 * k - 1)
+        theta_skip = theta_back[:, :k]
+        theta_long = torch.cat([theta_back[:, :1], theta_back[:, k:]], dim=1)
+        skip = distance[:, :k]
+        long = torch.cat([distance[:, :1], distance[:, k:]], dim=1)
 
         def step_means(x: torch.Tensor) -> torch.Tensor:
             return x.view(b, k).mean(dim=0)
@@ -238,39 +271,40 @@ class TimeCycle(nn.Module):
             "sim_feature": step_means(sim_feature),
             "sim_inlier": step_means(sim_inlier),
             "theta_long": theta_long.detach(),
-            "theta_skip": theta_skip.detach().view(b, k, 2, 3),
+            "theta_skip": theta_skip.detach(),
             "theta_direct": theta_direct.detach().view(b, k, 2, 3),
         }
 
     def _long_cycles(
         self,
-        crop_direct: torch.Tensor,
-        past: torch.Tensor,
-        past_raw: torch.Tensor,
-        target: torch.Tensor,
+        direct: torch.Tensor,
+        past: tuple[torch.Tensor, ...],
+        past_raw: tuple[torch.Tensor, ...],
     ) -> torch.Tensor:
-        """Final thetas of the long cycles n = 2..K -> (B, K-1, 2, 3).
-
-        Cycle n = 1 (I_t -> I_{t-1} -> I_t) is exactly the skip cycle through I_{t-1}, so the
-        caller takes it from there.
+        """The long cycles n = 2..K up to their return to I_{t-1}, K >= 2 -> (B, C, (K-1)*h, w)
+        stacked crops in cycle order n = 2..K, unit over C.
 
         Args:
-            crop_direct: (B, K, C, h, w) the patch's crops in I_{t-i}, unit over C.
-            past, past_raw: (B, K, C, H, W) unit and raw features of I_{t-i}, i = 1..K.
-            target: (B, C, H, W) unit features of I_t.
+            direct: (B, C, K*h, w) the patch's crops in I_{t-i}, i = 1..K, stacked.
+            past, past_raw: K maps (B, C, H, W), unit and raw features of I_{t-i}, i = 1..K.
         """
-        k = past.shape[1]
-        # Backward chain, once: back[n - 1] is the crop in I_{t-n}. Its first step is the
-        # direct step into I_{t-1}.
-        back = [crop_direct[:, 0]]
+        k, h = len(past), self.query_size[0]
+        # Backward chain, once: back[j] is the crop in I_{t-1-j}; its first step is the direct
+        # step into I_{t-1}.
+        back = [direct[:, :, :h]]
         for i in range(1, k):
-            back.append(self.track(back[-1], past[:, i], past_raw[:, i]))
-        thetas = []
-        for n in range(2, k + 1):
-            crop = back[n - 1]
-            for i in range(n - 2, -1, -1):  # forward again through I_{t-n+1}, ..., I_{t-1}
-                crop = self.track(crop, past[:, i], past_raw[:, i])
-            thetas.append(self.locate(crop, target)[0])
-        if not thetas:
-            return target.new_zeros(target.shape[0], 0, 2, 3)
-        return torch.stack(thetas, dim=1)
+            back.append(self.track(back[-1], past[i], past_raw[i]))
+        # Forward by frame: into past[i] = I_{t-1-i} step the cycles n >= i + 2, cycle
+        # n = i + 2 joining from its backward end back[i + 1]. Joining at the front keeps the
+        # stack in cycle order n = 2..K.
+        crops = back[k - 1]
+        for i in range(k - 2, -1, -1):
+            if i < k - 2:
+                crops = torch.cat([back[i + 1], crops], dim=2)
+            crops = self.track_stack(crops, past[i], past_raw[i])
+        return crops
+
+
+def _stack(x: torch.Tensor) -> torch.Tensor:
+    """(B, m, C, h, w) -> (B, C, m*h, w): m maps one above the other (`TimeCycle.locate_stack`)."""
+    return x.transpose(1, 2).flatten(2, 3)
