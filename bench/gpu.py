@@ -15,7 +15,8 @@ Writes DIR/gpu.json (every figure, every skip with its reason, every error) and 
   0.002 (cpu_check.ok).
 - training: bench/train.py's worker for the `small` and `full` presets at their batch sizes,
   bf16 autocast, channels_last, eager then torch.compile: clips/s, data-wait share with every
-  CPU core a loader worker, MFU, and the step against the encoder's forward+backward alone.
+  CPU core a loader worker, MFU, and the step against the encoder's forward+backward alone;
+  the eager runs are profiled (GPU busy share, operator tables in DIR/profiles).
 - learning: short runs of the `small` (TimeCycle) and `crw-small` (CRW) presets on the frame
   folders, scored on a DAVIS proxy during training, J&F before and after.
 
@@ -100,7 +101,7 @@ def run_section(name: str, params: dict, budget: float, out: Path, env: dict) ->
 def section_params(args, out: Path, videos: str, davis: str, workers: int) -> dict:
     """What every section reads: data, device, and the sizes of a full or a --smoke run."""
     common = {"smoke": args.smoke, "device": "cpu" if args.smoke else "auto", "davis": davis,
-              "videos": videos, "workers": workers,
+              "videos": videos, "workers": workers, "profiles": str(out / "profiles"),
               "threads": 1 if args.smoke else None}
     if args.smoke:
         tiny = {"short_side": 64, "crop": 64, "fps": None}
@@ -231,16 +232,20 @@ def write_markdown(path: Path, r: dict) -> None:
             lines += [s.get("note", "") + f"; {s.get('workers', '')} loader workers.", ""]
             lines += _table(
                 ["preset", "compile", "arch", "crop", "batch", "clips/s", "step s", "data wait",
-                 "TFLOP/s", "MFU", "bound/step", "peak MiB"],
+                 "TFLOP/s", "MFU", "bound/step", "GPU busy", "peak MiB"],
                 [[x["preset"], x["compile"], x.get("arch"), x.get("crop"), x.get("batch"),
                   x.get("clips_per_s"), _f(x.get("step_s"), ".3f"),
                   _f(100 * x["data_wait"], ".1f") + " %" if "data_wait" in x else "",
                   _f(x.get("tflops"), ".1f"),
                   _f(100 * x["mfu"], ".1f") + " %" if x.get("mfu") is not None else "n/a",
-                  x.get("bound_ratio"), _f(x.get("peak_mb"), ".0f")]
+                  x.get("bound_ratio"),
+                  _f(100 * x["device_busy"], ".0f") + " %" if x.get("device_busy") else "",
+                  _f(x.get("peak_mb"), ".0f")]
                  if "clips_per_s" in x else [x["preset"], x["compile"],
                                              x.get("skipped") or "error: " + x.get("error", "")]
-                 + [""] * 9 for x in s.get("runs", [])])
+                 + [""] * 10 for x in s.get("runs", [])])
+            lines += ["", "GPU busy: kernel time / step time over 3 profiled steps "
+                          "(operator tables in profiles/)."]
         elif name == "learning":
             lines += [f"Proxy: {s.get('proxy', '')}. {s.get('note', '')}.", ""]
             lines += _table(

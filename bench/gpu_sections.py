@@ -327,7 +327,9 @@ def training(p: dict, rec: Record) -> None:
                "--data", p["videos"], "--device", p["device"], "--workers", str(workers),
                "--precision", "auto",
                "--steps", str(p["train_steps"]), "--warmup", str(p["train_warmup"])]
-        cmd += ["--compile"] if compiled else []
+        # Eager runs are profiled too (3 steps): the GPU's busy share says whether the step
+        # waits on launches; the operator tables land in DIR/profiles.
+        cmd += ["--compile"] if compiled else ["--profile", p["profiles"]]
         cmd += ["--batch-size", str(p["batch_size"])] if p.get("batch_size") else []
         cmd += ["--override", json.dumps(p["train_override"])] if p.get("train_override") else []
         t0 = time.monotonic()

@@ -49,6 +49,11 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     assert {r["arch"] for r in measured} == {"resnet18", "resnet50"}
     for r in measured:
         assert r["clips_per_s"] > 0 and 0 <= r["data_wait"] <= 1 and r["bound_ratio"] > 0
+        # Profiled: the operator table written, no GPU time on the CPU.
+        assert "profile_error" not in r and r["ops_per_step"] > 100, r
+        assert r["device_busy"] is None and r["syncs_per_step"] is None
+        assert "aten::" in Path(r["profile"]).read_text()
+    assert {p.name for p in (out / "profiles").iterdir()} == {"small.txt", "full.txt"}
     assert all(r.get("skipped") for r in train if r["compile"])  # said, not silently missing
 
     learn = {r["objective"]: r for r in report["learning"]["runs"]}
