@@ -14,9 +14,10 @@ Writes DIR/gpu.json (every figure, every skip with its reason, every error) and 
   (the bound), J&F. One sequence is also run on the CPU: its J&F must equal the GPU's within
   0.002 (cpu_check.ok).
 - training: bench/train.py's worker for the `small` and `full` presets at their batch sizes,
-  bf16 autocast, channels_last, eager then torch.compile: clips/s, data-wait share with every
-  CPU core a loader worker, MFU, and the step against the encoder's forward+backward alone;
-  the eager runs are profiled (GPU busy share, operator tables in DIR/profiles).
+  bf16 autocast, channels_last, eager then with the tracker's cycles compiled: clips/s,
+  data-wait share with every CPU core a loader worker, MFU, and the step against the
+  encoder's forward+backward alone; every run is profiled (GPU busy share, operator tables
+  in DIR/profiles.txt).
 - learning: short runs of the `small` (TimeCycle) and `crw-small` (CRW) presets on the frame
   folders, scored on a DAVIS proxy during training, J&F before and after.
 
@@ -53,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = Path(os.environ.get("TIMECYCLE_DATA", REPO.parent / "shared" / "data"))
 SECTIONS = ("environment", "propagation", "training", "learning")
-# Shares of --seconds. Training's two torch.compile runs are the longest single items.
+# Shares of --seconds. Training's two compiled runs are the longest single items.
 BUDGET = {"environment": 0.05, "propagation": 0.33, "training": 0.40, "learning": 0.22}
 GRACE_S = 20  # past its budget a section is killed: it should have stopped itself by then
 NOAV = '''"""Stand-in for PyAV where it is missing (bench/gpu.py): frame folders need none of it."""
@@ -245,7 +246,7 @@ def write_markdown(path: Path, r: dict) -> None:
                                              x.get("skipped") or "error: " + x.get("error", "")]
                  + [""] * 10 for x in s.get("runs", [])])
             lines += ["", "GPU busy: kernel time / step time over 3 profiled steps "
-                          "(operator tables in profiles/)."]
+                          "(operator tables in profiles.txt)."]
         elif name == "learning":
             lines += [f"Proxy: {s.get('proxy', '')}. {s.get('note', '')}.", ""]
             lines += _table(
@@ -330,7 +331,7 @@ def _steps_per_s(training: dict) -> dict:
     """Steps/s of the eager small run (bf16, channels_last, as the learning run trains); the
     walk encodes 49 patches of 32 px per frame, ~3x the pixels of a small clip's frame."""
     rows = [r for r in training.get("runs", []) if r.get("preset") == "small"
-            and not r.get("compile") and r.get("clips_per_s")]
+            and r.get("compile") == "none" and r.get("clips_per_s")]
     if not rows:
         return {}
     rate = rows[0]["clips_per_s"] / rows[0]["batch"]

@@ -18,7 +18,7 @@ Peak memory: the CUDA allocator's peak, or the worker process's max RSS on the C
 
     python bench/train.py                                  # CPU: batch 4, 5 timed steps
     python bench/train.py --device cuda                    # GPU: the presets' batch sizes
-    python bench/train.py --device cuda --compile --presets full --batch-size 32
+    python bench/train.py --device cuda --compile cycles     # the tracker's cycles compiled
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def worker(args: argparse.Namespace) -> dict:
                                          "fps": None if args.generated else 12.0, **overrides})
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     amp_dtype = torch.bfloat16 if precision == "bf16" else None
-    channels_last = cuda and not args.no_channels_last
+    # As the engine trains (TrainConfig.channels_last, on for every device).
+    channels_last = not args.no_channels_last
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes, as in training
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +94,8 @@ def worker(args: argparse.Namespace) -> dict:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     # dynamic=False: fixed shapes, one graph each (the encoder sees two: frames and patch).
-    net = torch.compile(model, dynamic=False) if args.compile else model
+    # FLOPs are counted on the eager model below; compiling happens in the warm-up steps.
+    net = torch.compile(model, dynamic=False) if args.compile == "model" else model
     loss_config = config.loss_config()
 
     def step(batch) -> None:
@@ -106,7 +108,9 @@ def worker(args: argparse.Namespace) -> dict:
         train_step(model, optimizer, next(batches), loss_config, config.grad_clip, device,
                    amp_dtype)
     flops = counter.get_total_flops()
-    for _ in range(args.warmup - 1 + int(args.compile)):
+    if args.compile == "cycles":  # as `timecycle train --compile-cycles` does
+        model.cycles = torch.compile(model.cycles, dynamic=False)
+    for _ in range(args.warmup - 1 + int(args.compile != "none")):
         step(next(batches))
 
     _sync(device)
@@ -125,7 +129,8 @@ def worker(args: argparse.Namespace) -> dict:
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
 
     # The bound: the encoder's forward and backward on the same frames and patches.
-    encoder = torch.compile(model.encoder, dynamic=False) if args.compile else model.encoder
+    encoder = (torch.compile(model.encoder, dynamic=False) if args.compile == "model"
+               else model.encoder)
     frames = batch["frames"].to(device).flatten(0, 1)  # (B * (K+1), 3, S, S)
     patch = batch["patch"].to(device)  # (B, 3, P, P)
     if channels_last:
@@ -173,7 +178,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 def _profile(step, batches, device, args: argparse.Namespace, step_s: float) -> dict:
     """torch.profiler over PROFILE_STEPS steps: the operators by their own device time (CPU
-    time on the CPU) into DIR/<preset>[-compile].txt, and per step: the device's busy time
+    time on the CPU) into DIR/<preset>[-<compile>].txt, and per step: the device's busy time
     against the timed step (how much of the step the GPU computes rather than waits for
     launches), operators called, and host-device synchronisations."""
     import torch
@@ -186,7 +191,7 @@ def _profile(step, batches, device, args: argparse.Namespace, step_s: float) -> 
             step(next(batches))
             _sync(device)
     events = prof.key_averages()
-    name = f"{args.preset}{'-compile' if args.compile else ''}.txt"
+    name = f"{args.preset}{'' if args.compile == 'none' else '-' + args.compile}.txt"
     path = Path(args.profile) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
@@ -227,8 +232,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, help="DataLoader processes (default: 2 CPU, 8 GPU)")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="auto: bf16 autocast on CUDA, fp32 on the CPU")
-    ap.add_argument("--no-channels-last", action="store_true", help="CUDA: keep NCHW")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--no-channels-last", action="store_true",
+                    help="keep NCHW (the engine trains channels last)")
+    ap.add_argument("--compile", choices=("none", "model", "cycles"), default="none",
+                    help="torch.compile the whole model, or the tracker's cycles alone "
+                         "(the encoder eager)")
     ap.add_argument("--data", help="folder of videos (default: generated clips)")
     ap.add_argument("--videos", type=int, default=8, help="generated videos")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU")
@@ -265,8 +273,8 @@ def main() -> None:
             cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
             cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
             cmd += ["--profile", args.profile] if args.profile else []
+            cmd += ["--compile", args.compile]
             cmd += [flag for flag, on in (("--no-channels-last", args.no_channels_last),
-                                          ("--compile", args.compile),
                                           ("--generated", args.data is None)) if on]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
             if out.returncode != 0:
@@ -279,7 +287,7 @@ def main() -> None:
         return
     r0 = rows[0]
     print(f"device {r0['device']} ({r0['threads']} threads), {r0['precision']}, channels_last "
-          f"{'on' if r0['channels_last'] else 'off'}, compile {'on' if r0['compile'] else 'off'},"
+          f"{'on' if r0['channels_last'] else 'off'}, compile {r0['compile']},"
           f" {args.steps} timed steps after {args.warmup}, {args.workers} loader workers")
     print(f"{'preset':<6} {'arch':<9} {'crop':>4} {'batch':>5} {'clips/s':>8} {'step s':>7} "
           f"{'wait %':>6} {'GFLOP':>8} {'TFLOP/s':>8} {'MFU':>6} {'peak MB':>8} "

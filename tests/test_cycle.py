@@ -256,3 +256,29 @@ def test_resnet18_forward_backward_both_presets(name, past):
     for param in (encoder.stem[0].weight, encoder.head.conv.weight, *model.localizer.parameters()):
         assert param.grad is not None and torch.isfinite(param.grad).all()
         assert param.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_compiled_cycles_give_the_eager_losses_and_gradients():
+    # What `--compile-cycles` runs: torch.compile of the cycles alone (inductor; C++ on the CPU).
+    torch.manual_seed(0)
+    model = TimeCycle(CellEncoder(), frame_size=128, patch_size=56)
+    frames, patch, theta_gt = clip(batch=2, past=4)
+    with torch.no_grad():
+        feats, patch_raw = model.encode(frames, patch)
+
+    def run(cycles):
+        f, p = feats.clone().requires_grad_(), patch_raw.clone().requires_grad_()
+        out = cycles(f, p, theta_gt)
+        total_loss({k: out[k] for k in TERMS}, preset("paper")).backward()
+        grads = [x.grad for x in (f, p)] + [w.grad.clone() for w in model.localizer.parameters()]
+        model.zero_grad()
+        return out, grads
+
+    eager, eager_grads = run(model.cycles)
+    compiled, compiled_grads = run(torch.compile(model.cycles, dynamic=False))
+    for key in (*TERMS, "theta_long", "theta_skip"):
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(compiled_grads, eager_grads):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())

@@ -128,6 +128,27 @@ def test_resume_gives_the_same_parameters_as_one_run(data, tmp_path):
     assert load_checkpoint(part / "last.pt")["samples"] == 12
 
 
+def test_compile_cycles_compiles_the_cycles_alone(data, tmp_path, monkeypatch):
+    # The wiring, without paying for a compile (tests/test_cycle.py compiles for real): the
+    # engine hands torch.compile the model's cycles, and the checkpoint keeps eager keys.
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append((fn.__name__, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run = train(tiny(data, tmp_path / "run", steps=1, compile_cycles=True))
+    assert compiled == [("cycles", {"dynamic": False})]
+    assert json.loads((run / "config.json").read_text())["train"]["compile_cycles"] is True
+    assert all(not k.startswith("_orig_mod") for k in params(run))
+
+
+def test_compile_cycles_is_refused_for_the_walk():
+    with pytest.raises(UserError, match="no cycles"):
+        make_config("crw-small", compile_cycles=True)
+
+
 def test_existing_run_needs_resume(data, tmp_path):
     train(tiny(data, tmp_path, steps=1))
     with pytest.raises(UserError, match="--resume"):

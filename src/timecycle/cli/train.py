@@ -72,6 +72,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the newest complete checkpoint of RUN")
     p.add_argument("--workers", type=int, help="DataLoader processes")
+    p.add_argument("--compile-cycles", action="store_true", default=None,
+                   help="torch.compile the tracker's cycles (TimeCycle; for GPUs, ~1 min)")
     p.add_argument("--threads", type=int,
                    help="CPU threads of the training process (default: torch's choice)")
     p.add_argument("--save-every", type=int, metavar="N",
@@ -121,7 +123,7 @@ def config_from_args(args: argparse.Namespace):
         patch=args.patch, batch_size=args.batch_size, accum=args.accum,
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,
-        threads=args.threads,
+        threads=args.threads, compile_cycles=args.compile_cycles,
         save_every=args.save_every, log_every=args.log_every, warmup_steps=args.warmup_steps,
         seed=args.seed, lr=args.lr, deterministic=args.deterministic, progress=not args.quiet,
     )

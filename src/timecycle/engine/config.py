@@ -86,6 +86,10 @@ class TrainConfig:
     # The faster convolution layout on tensor cores, and for oneDNN on the CPU (10-25% per
     # training step of the small presets on this 2-core machine).
     channels_last: bool = True
+    # torch.compile the TimeCycle tracker's cycles alone (fixed shapes; hundreds of small
+    # operators that leave an H200 idle a quarter of a `full` step, README). About a minute of
+    # compiling, once more for the no-grad probe; the encoder stays eager (cuDNN).
+    compile_cycles: bool = False
     workers: int = 8  # DataLoader processes (decoding is the CPU-heavy part)
     threads: int | None = None  # CPU intra-op threads of the training process; None: torch's
     seed: int = 0  # model initialisation and the clip stream (process r seeds seed + r)
@@ -126,6 +130,9 @@ class TrainConfig:
                                         or not 0 <= self.walk_dropout < 1):
             raise UserError("the walk needs walk_len >= 3, walk_stride >= 1, "
                             "walk_temperature > 0 and 0 <= walk_dropout < 1")
+        if self.compile_cycles and self.objective != "timecycle":
+            raise UserError("--compile-cycles compiles the TimeCycle tracker; the walk "
+                            f"objective {self.objective!r} has no cycles")
         if self.batchnorm not in BATCHNORMS:
             raise UserError(f"unknown --batchnorm {self.batchnorm!r}; choose from "
                             f"{', '.join(BATCHNORMS)}")

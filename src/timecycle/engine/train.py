@@ -374,6 +374,10 @@ def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, w
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    if config.compile_cycles:
+        # An instance attribute over the method: forward calls it, the state dict and the
+        # checkpoints keep their keys (compiling the whole module would prefix them).
+        model.cycles = torch.compile(model.cycles, dynamic=False)
     optimizer = make_optimizer(model, config)
     if state is None:
         _seed_all(config.seed + world.rank)

@@ -215,10 +215,21 @@ class TimeCycle(nn.Module):
         Diagnostics, detached, (B, K, 2, 3): "theta_long" (final theta of each long cycle),
         "theta_skip" and "theta_direct" (the patch localised in I_{t-i}).
         """
-        b, k = frames.shape[0], frames.shape[1] - 1
-        if k < 1:
+        if frames.shape[1] < 2:
             raise ValueError(f"need past frames and a target, got frames {tuple(frames.shape)}")
         feats, patch_raw = self.encode(frames, patch if self.query == "patch" else None)
+        return self.cycles(feats, patch_raw, theta_gt)
+
+    def cycles(
+        self, feats: torch.Tensor, patch_raw: torch.Tensor | None, theta_gt: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Everything after the encoder: (B, K+1, C, H, W) frame features, (B, C, h, w) patch
+        features (None for the "crop" query), theta_gt (B, 2, 3) -> `forward`'s dict.
+
+        Apart so that it can be compiled on its own: its shapes are fixed for a run, and it is
+        hundreds of small operators where the encoder is a few large ones.
+        """
+        b, k = feats.shape[0], feats.shape[1] - 1
         # Per-frame views from one unbind each: its backward is one stack, where indexing the
         # tensor at every step would zero-fill a whole (B, K+1, C, H, W) gradient per use (16%
         # of a CPU step of the small preset).
