@@ -113,10 +113,8 @@ def affine_sample(
     Returns:
         (B, C, h, w); positions that fall outside the source read zeros.
     """
-    theta = scale_translation(theta, translation_factor).to(_grid_dtype(source))
-    shape = [source.shape[0], source.shape[1], *size]
-    grid = F.affine_grid(theta, shape, align_corners=align_corners)
-    return bilinear_sample(source, grid, align_corners)
+    return affine_sample_stack(source, theta.unsqueeze(1), size, align_corners,
+                               translation_factor)
 
 
 def affine_sample_stack(
