@@ -110,6 +110,8 @@ def worker(args: argparse.Namespace) -> dict:
     flops = counter.get_total_flops()
     if args.compile == "cycles":  # as `timecycle train --compile-cycles` does
         model.cycles = torch.compile(model.cycles, dynamic=False)
+    elif args.compile == "cycles-graphs":  # the same, replayed as CUDA graphs (CUDA only)
+        model.cycles = torch.compile(model.cycles, dynamic=False, mode="reduce-overhead")
     for _ in range(args.warmup - 1 + int(args.compile != "none")):
         step(next(batches))
 
@@ -234,9 +236,10 @@ def main() -> None:
                     help="auto: bf16 autocast on CUDA, fp32 on the CPU")
     ap.add_argument("--no-channels-last", action="store_true",
                     help="keep NCHW (the engine trains channels last)")
-    ap.add_argument("--compile", choices=("none", "model", "cycles"), default="none",
-                    help="torch.compile the whole model, or the tracker's cycles alone "
-                         "(the encoder eager)")
+    ap.add_argument("--compile", choices=("none", "model", "cycles", "cycles-graphs"),
+                    default="none",
+                    help="torch.compile the whole model, or the tracker's cycles alone (the "
+                         "encoder eager), or those replayed as CUDA graphs (reduce-overhead)")
     ap.add_argument("--data", help="folder of videos (default: generated clips)")
     ap.add_argument("--videos", type=int, default=8, help="generated videos")
     ap.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU")
