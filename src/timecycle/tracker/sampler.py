@@ -55,7 +55,9 @@ def bilinear_matmul(
     """
     _, _, h_in, w_in = source.shape
     # Both axes in one chain of small ops (the step is launch-bound on a GPU): (B, Q, 2).
-    size = grid.new_tensor([w_in, h_in])
+    # [W, H] made on the grid's device: new_tensor([W, H]) would copy from the host, and such
+    # a copy synchronises a CUDA stream every call.
+    size = torch.arange(2, device=grid.device, dtype=grid.dtype) * (h_in - w_in) + w_in
     points = grid.flatten(1, 2)
     x = (points + 1) / 2 * (size - 1) if align_corners else ((points + 1) * size - 1) / 2
     x0 = x.detach().floor()
