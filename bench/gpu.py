@@ -11,8 +11,9 @@ Writes DIR/gpu.json (every figure, every skip with its reason, every error) and 
   sequences as the budget allows: crw in fp32, then crw, dino and timecycle in fp32 and bf16
   (bf16 autocast encoder, fp32 affinities). Per run: end-to-end frames/s (reading JPEGs to
   writing PNGs), peak GPU memory, the encoder alone at the same frame size, precision and batch
-  (the bound), J&F. One sequence is also run on the CPU: its J&F must equal the GPU's within
-  0.002 (cpu_check.ok).
+  (the bound), J&F. One sequence is timed stage by stage (stages: decoding, encoder,
+  propagation steps, output, each alone and synchronised), and run on the CPU: its J&F must
+  equal the GPU's within 0.002 (cpu_check.ok).
 - training: bench/train.py's worker for the `small` and `full` presets at their batch sizes,
   bf16 autocast, channels_last, eager then with the tracker's cycles compiled: clips/s,
   data-wait share with every CPU core a loader worker, MFU, and the step against the
@@ -226,6 +227,13 @@ def write_markdown(path: Path, r: dict) -> None:
                  if "skipped" not in x else [x["protocol"], x["precision"], "skipped: "
                                              + x["skipped"]] + [""] * 9
                  for x in s.get("runs", [])])
+            st = s.get("stages")
+            if st and "ms_per_frame" in st:
+                lines += ["", f"Stages ({st['sequence']}, {st['frames']} frames, each alone, "
+                              "ms per frame): " + ", ".join(
+                                  f"{k} {v:.2f}" for k, v in st["ms_per_frame"].items())
+                          + f"; sum {st['sum_ms_per_frame']:.2f} against "
+                            f"{st['e2e_ms_per_frame']:.2f} end to end."]
             c = s.get("cpu_check")
             if c:
                 lines += ["", "CPU check: " + ", ".join(

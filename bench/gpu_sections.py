@@ -239,8 +239,8 @@ def propagation(p: dict, rec: Record) -> None:
                    per_sequence=per_seq, eval_seconds=round(time.perf_counter() - t0, 3))
         return row
 
-    plan = [("crw", "fp32"), ("cpu-check", None), ("crw", "bf16"), ("dino", "fp32"),
-            ("dino", "bf16"), ("timecycle", "fp32"), ("timecycle", "bf16")]
+    plan = [("crw", "fp32"), ("stages", None), ("cpu-check", None), ("crw", "bf16"),
+            ("dino", "fp32"), ("dino", "bf16"), ("timecycle", "fp32"), ("timecycle", "bf16")]
     first: dict | None = None
     cpu = torch.device("cpu")
     try:
@@ -249,9 +249,13 @@ def propagation(p: dict, rec: Record) -> None:
             if name == "cpu-check":
                 rec.set(cpu_check=cpu_check(run, first, frames_of, deadline, cpu))
                 continue
+            if name == "stages":
+                rec.set(stages=stages(first, full.root, frames_of, device, protocols["crw"],
+                                      deadline))
+                continue
             # The first run fixes the sequences (35% of the budget); the others share the rest.
             share = 0.35 * left if first is None else left / sum(
-                1 for n, _ in plan[i:] if n != "cpu-check")
+                1 for n, _ in plan[i:] if n not in ("cpu-check", "stages"))
             names_in = first["sequences"] if first else names
             need = frames_of[names_in[0]] * (first["seconds"] / first["frames"] if first else 0.05)
             if left < 5 or need > share * 1.5:
@@ -272,6 +276,61 @@ def propagation(p: dict, rec: Record) -> None:
         full.close()
         warm.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stages(first: dict | None, root, frames_of: dict, device, protocol,
+           deadline: float) -> dict:
+    """Where one sequence's end-to-end time goes (crw, fp32): decoding the JPEGs, the encoder,
+    the propagation steps, the output (resize, argmax, copy to the host, PNG), each timed
+    alone with the device synchronised; against the first run's end-to-end rate."""
+    import numpy as np
+    import torch
+
+    from timecycle.datasets.io import write_mask
+    from timecycle.encoder import build_encoder
+    from timecycle.propagation.propagator import LabelPropagator
+    from timecycle.propagation.resize import downsample_label, label_to_ids
+    from timecycle.propagation.video import FrameEncoder, read_frames
+
+    if first is None or not first["sequences"]:
+        return {"skipped": "the crw fp32 run did not complete"}
+    name = "car-shadow" if "car-shadow" in first["sequences"] else min(
+        first["sequences"], key=lambda s: frames_of[s])
+    guess = 2 * frames_of[name] * first["seconds"] / first["frames"]
+    if guess > 0.25 * (deadline - time.monotonic()):
+        return {"sequence": name, "skipped": "time budget"}
+    seq = root.sequence(name)
+    seconds = {}
+    t0 = time.perf_counter()
+    frames = np.stack(list(read_frames(seq.frames)))
+    seconds["read JPEGs"] = time.perf_counter() - t0
+    fe = FrameEncoder(build_encoder("resnet18", seed=0), protocol, device)
+    fe(frames[:4])  # cuDNN's algorithm choice, outside the timing
+    _sync(device)
+    t0 = time.perf_counter()
+    batches = [fe(frames[i : i + 4]) for i in range(0, len(frames), 4)]
+    _sync(device)
+    seconds["encoder"] = time.perf_counter() - t0
+    feats, size = torch.cat([f for f, _ in batches]), batches[0][1]
+    ids0, n_obj = seq.first_label()
+    label0 = downsample_label(torch.from_numpy(ids0.astype(np.int64)).to(device), n_obj + 1,
+                              tuple(feats.shape[-2:]), protocol)
+    t0 = time.perf_counter()
+    prop = LabelPropagator(protocol, feats[0], label0)
+    outs = [prop.step(f) for f in feats[1:]]
+    _sync(device)
+    seconds["propagation"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        for i, soft in enumerate(outs, 1):
+            ids = label_to_ids(soft, protocol, size, ids0.shape).to(torch.uint8).cpu().numpy()
+            write_mask(Path(tmp) / f"{i:05d}.png", ids)
+        seconds["output"] = time.perf_counter() - t0
+    n = len(frames)
+    per_frame = {k: round(1000 * v / n, 3) for k, v in seconds.items()}
+    return {"sequence": name, "frames": n, "ms_per_frame": per_frame,
+            "sum_ms_per_frame": round(sum(per_frame.values()), 3),
+            "e2e_ms_per_frame": round(1000 * first["seconds"] / first["frames"], 3)}
 
 
 def cpu_check(run, first: dict | None, frames_of: dict, deadline: float, cpu) -> dict:

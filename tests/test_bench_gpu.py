@@ -40,6 +40,10 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
         assert r["sequences"] == prop["sequences_available"], r
         assert _number(r["fps_e2e"]) and r["fps_e2e"] > 0 and _number(r["encoder_fps"])
         assert 0 <= r["jf"] <= 1 and set(r["per_sequence"]) == set(r["sequences"])
+    st = prop["stages"]  # one sequence timed stage by stage
+    assert set(st["ms_per_frame"]) == {"read JPEGs", "encoder", "propagation", "output"}
+    assert all(_number(v) and v > 0 for v in st["ms_per_frame"].values())
+    assert _number(st["e2e_ms_per_frame"]) and st["frames"] > 1
     check = prop["cpu_check"]
     assert check["ok"] is True and check["diff_fp32"] <= check["tolerance"] == 0.002
 
@@ -66,4 +70,4 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     table = (out / "gpu.md").read_text()
     for heading in ("## environment", "## propagation", "## training", "## learning"):
         assert heading in table
-    assert "| crw | fp32 |" in table and "CPU check" in table
+    assert "| crw | fp32 |" in table and "CPU check" in table and "Stages (" in table
