@@ -7,6 +7,7 @@ query features), batch 2, on generated translating-texture frame folders.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 
@@ -142,6 +143,33 @@ def test_compile_cycles_compiles_the_cycles_alone(data, tmp_path, monkeypatch):
     assert compiled == [("cycles", {"dynamic": False})]
     assert json.loads((run / "config.json").read_text())["train"]["compile_cycles"] is True
     assert all(not k.startswith("_orig_mod") for k in params(run))
+
+
+def test_fused_adam_resumes_the_state_of_a_plain_adam():
+    # Checkpoints written before the fused optimiser hold a plain Adam's state: it loads, and
+    # the next update is the plain Adam's (up to rounding).
+    torch.manual_seed(0)
+    config = make_config("small")
+    model = torch.nn.Linear(4, 3)
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    plain = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    plain.step()
+    fused = train_mod.make_optimizer(model, config)
+    assert fused.defaults["fused"]
+    fused.load_state_dict(copy.deepcopy(plain.state_dict()))  # as from a file: no sharing
+    twin = torch.nn.Linear(4, 3)
+    twin.load_state_dict(model.state_dict())
+    plain_twin = torch.optim.Adam(twin.parameters(), lr=config.lr, betas=config.betas)
+    plain_twin.load_state_dict(copy.deepcopy(plain.state_dict()))
+    for opt, params in ((fused, model.parameters()), (plain_twin, twin.parameters())):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert int(fused.state_dict()["state"][0]["step"]) == 2
 
 
 def test_compile_cycles_is_refused_for_the_walk():
