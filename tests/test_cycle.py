@@ -282,3 +282,22 @@ def test_compiled_cycles_give_the_eager_losses_and_gradients():
     for a, b in zip(compiled_grads, eager_grads):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_thetas_and_cycle_distances_stay_float32_under_bf16_autocast():
+    # Under autocast the features are bf16, but the localizer's thetas and the theta distances
+    # (the cycle losses) are float32: the same distances as without autocast for those thetas.
+    torch.manual_seed(0)
+    model = TimeCycle(CellEncoder(), frame_size=128, patch_size=56)
+    frames, patch, theta_gt = clip(batch=2, past=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(frames, patch, theta_gt)
+        again = theta_grid_distance(out["theta_skip"].flatten(0, 1),
+                                    theta_gt.repeat_interleave(3, dim=0), model.theta_grid,
+                                    "none")
+    for key in ("theta_long", "theta_skip", "theta_direct", "long", "skip"):
+        assert out[key].dtype == torch.float32, key
+    exact = theta_grid_distance(out["theta_skip"].flatten(0, 1),
+                                theta_gt.repeat_interleave(3, dim=0), model.theta_grid, "none")
+    assert again.dtype == torch.float32 and torch.equal(again, exact)
+    torch.testing.assert_close(out["skip"], exact.view(2, 3).mean(0))

@@ -41,9 +41,14 @@ def theta_grid_distance(
         raise ValueError(
             f"thetas must both be (N, 2, 3); got {tuple(theta_pred.shape)}, {tuple(theta_gt.shape)}"
         )
-    points = _grid_points(grid, theta_pred)
-    diff = warp_points(theta_pred, points) - warp_points(theta_gt.to(theta_pred), points)
-    per_sample = diff.pow(2).sum(dim=-1).mean(dim=-1)
+    # float32 (or wider) whatever the autocast: the distances are the cycle losses themselves,
+    # and autocast would run the einsum in bf16 (3 significant digits).
+    dtype = torch.promote_types(theta_pred.dtype, torch.float32)
+    with torch.autocast(theta_pred.device.type, enabled=False):
+        theta_pred = theta_pred.to(dtype)
+        points = _grid_points(grid, theta_pred)
+        diff = warp_points(theta_pred, points) - warp_points(theta_gt.to(theta_pred), points)
+        per_sample = diff.pow(2).sum(dim=-1).mean(dim=-1)
     if reduction == "none":
         return per_sample
     if reduction == "mean":

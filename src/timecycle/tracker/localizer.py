@@ -80,7 +80,11 @@ class Localizer(nn.Module):
         x = affinity.reshape(b, positions, h, w)  # query positions are row-major (affinity.py)
         x = F.leaky_relu(self.conv1(x), 0.1)
         x = F.leaky_relu(self.conv2(x), 0.1)
-        return self.fc(x.flatten(1))
+        # The parameters in float32 even under autocast: a bf16 output would place the crop
+        # to ~0.4% of the frame (0.1 cells of a 30-cell map near the edge) and quantise every
+        # theta distance after it. The layer is 1024 x 3: nothing to save in bf16.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc(x.flatten(1).to(self.fc.weight.dtype))
 
     def forward(self, affinity: torch.Tensor) -> torch.Tensor:
         """(B, H*W, h*w) affinity -> (B, 2, 3) theta."""
