@@ -83,8 +83,9 @@ class TrainConfig:
     # Engine.
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
-    # The faster convolution layout on tensor cores, and for oneDNN on the CPU (10-25% per
-    # training step of the small presets on this 2-core machine).
+    # The faster convolution layout on tensor cores, and for oneDNN on the CPU: on this 2-core
+    # machine 1.43x per `full` step (bench/train.py, 2 threads); `small` 10-15% at 1 thread,
+    # within the noise at 2 (README, Throughput).
     channels_last: bool = True
     # torch.compile the TimeCycle tracker's cycles alone (fixed shapes; hundreds of small
     # operators that leave an H200 idle a quarter of a `full` step, README). About a minute of
