@@ -278,24 +278,31 @@ def propagation(p: dict, rec: Record) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _checked_sequence(first: dict, frames_of: dict) -> str:
+    """The sequence the CPU check and the stage timing rerun: car-shadow (the CPU figures'
+    sequence) if the first run did it, else its shortest."""
+    return "car-shadow" if "car-shadow" in first["sequences"] else min(
+        first["sequences"], key=lambda s: frames_of[s])
+
+
 def stages(first: dict | None, root, frames_of: dict, device, protocol,
            deadline: float) -> dict:
     """Where one sequence's end-to-end time goes (crw, fp32): decoding the JPEGs, the encoder,
     the propagation steps, the output (resize, argmax, copy to the host, PNG), each timed
-    alone with the device synchronised; against the first run's end-to-end rate."""
+    alone with the device synchronised (bench/propagate_profile.py's stages); against the
+    first run's end-to-end rate."""
     import numpy as np
     import torch
+    from propagate_profile import encode, propagate, write_outputs
 
-    from timecycle.datasets.io import write_mask
     from timecycle.encoder import build_encoder
-    from timecycle.propagation.propagator import LabelPropagator
-    from timecycle.propagation.resize import downsample_label, label_to_ids
-    from timecycle.propagation.video import FrameEncoder, read_frames
+    from timecycle.propagation.resize import downsample_label
+    from timecycle.propagation.video import read_frames
+    from timecycle.propagation.windows import DEFAULT_TILE
 
     if first is None or not first["sequences"]:
         return {"skipped": "the crw fp32 run did not complete"}
-    name = "car-shadow" if "car-shadow" in first["sequences"] else min(
-        first["sequences"], key=lambda s: frames_of[s])
+    name = _checked_sequence(first, frames_of)
     guess = 2 * frames_of[name] * first["seconds"] / first["frames"]
     if guess > 0.25 * (deadline - time.monotonic()):
         return {"sequence": name, "skipped": "time budget"}
@@ -304,28 +311,13 @@ def stages(first: dict | None, root, frames_of: dict, device, protocol,
     t0 = time.perf_counter()
     frames = np.stack(list(read_frames(seq.frames)))
     seconds["read JPEGs"] = time.perf_counter() - t0
-    fe = FrameEncoder(build_encoder("resnet18", seed=0), protocol, device)
-    fe(frames[:4])  # cuDNN's algorithm choice, outside the timing
-    _sync(device)
-    t0 = time.perf_counter()
-    batches = [fe(frames[i : i + 4]) for i in range(0, len(frames), 4)]
-    _sync(device)
-    seconds["encoder"] = time.perf_counter() - t0
-    feats, size = torch.cat([f for f, _ in batches]), batches[0][1]
+    feats, size, seconds["encoder"] = encode(build_encoder("resnet18", seed=0), protocol,
+                                             frames, device)
     ids0, n_obj = seq.first_label()
     label0 = downsample_label(torch.from_numpy(ids0.astype(np.int64)).to(device), n_obj + 1,
                               tuple(feats.shape[-2:]), protocol)
-    t0 = time.perf_counter()
-    prop = LabelPropagator(protocol, feats[0], label0)
-    outs = [prop.step(f) for f in feats[1:]]
-    _sync(device)
-    seconds["propagation"] = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        for i, soft in enumerate(outs, 1):
-            ids = label_to_ids(soft, protocol, size, ids0.shape).to(torch.uint8).cpu().numpy()
-            write_mask(Path(tmp) / f"{i:05d}.png", ids)
-        seconds["output"] = time.perf_counter() - t0
+    outs, seconds["propagation"], _ = propagate(protocol, feats, label0, DEFAULT_TILE)
+    seconds["output"] = write_outputs(outs, protocol, size, ids0.shape)
     n = len(frames)
     per_frame = {k: round(1000 * v / n, 3) for k, v in seconds.items()}
     return {"sequence": name, "frames": n, "ms_per_frame": per_frame,
@@ -338,8 +330,7 @@ def cpu_check(run, first: dict | None, frames_of: dict, deadline: float, cpu) ->
     J&F must equal the device's within CPU_GPU_TOLERANCE."""
     if first is None or not first["sequences"]:
         return {"skipped": "the crw fp32 run did not complete"}
-    seq = "car-shadow" if "car-shadow" in first["sequences"] else min(
-        first["sequences"], key=lambda s: frames_of[s])
+    seq = _checked_sequence(first, frames_of)
     left = deadline - time.monotonic()
     # A CPU is ~20-50x slower than the GPU at this; 3 s/frame is a 2-core machine's rate.
     guess = frames_of[seq] * (0.5 if first["device"].startswith("cuda") else 3 * first[

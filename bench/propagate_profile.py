@@ -63,13 +63,34 @@ def end_to_end(args: argparse.Namespace) -> float:
         return time.perf_counter() - start
 
 
-def encode(encoder: torch.nn.Module, protocol, frames: np.ndarray) -> tuple[torch.Tensor, float]:
-    """(T, C, h, w) features of all frames (batches of 4) and the seconds it took."""
-    enc = FrameEncoder(encoder, protocol, torch.device("cpu"))
-    enc(frames[:1])  # warm-up
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def encode(encoder: torch.nn.Module, protocol, frames: np.ndarray,
+           device: torch.device = torch.device("cpu")
+           ) -> tuple[torch.Tensor, tuple[int, int], float]:
+    """(T, C, h, w) features of all frames (batches of 4) on `device`, the encoded frame size,
+    and the seconds it took (bench/gpu.py times its GPU stages with this too)."""
+    enc = FrameEncoder(encoder, protocol, device)
+    enc(frames[:4])  # warm-up: lazy initialisation and kernel choice, outside the timing
+    _sync(device)
     start = time.perf_counter()
-    feats = torch.cat([enc(frames[i : i + 4])[0] for i in range(0, len(frames), 4)])
-    return feats, time.perf_counter() - start
+    batches = [enc(frames[i : i + 4]) for i in range(0, len(frames), 4)]
+    _sync(device)
+    return torch.cat([f for f, _ in batches]), batches[0][1], time.perf_counter() - start
+
+
+def write_outputs(outs: list[torch.Tensor], protocol, size: tuple[int, int],
+                  out_hw: tuple[int, int]) -> float:
+    """Seconds to turn soft labels into PNGs: resize, argmax, copy to the host, write."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, soft in enumerate(outs, 1):
+            ids = label_to_ids(soft, protocol, size, out_hw).to(torch.uint8).cpu().numpy()
+            write_mask(Path(tmp) / f"{i:05d}.png", ids)
+    return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -96,6 +117,7 @@ def propagate(protocol, feats: torch.Tensor, label0: torch.Tensor, tile: int,
     with quiet_stderr(), prof:
         start = time.perf_counter()
         outs = [prop.step(f) for f in feats[1:]]
+        _sync(feats.device)
         seconds = time.perf_counter() - start
     if profiled:
         for ev in prof.key_averages():
@@ -159,18 +181,13 @@ def main() -> None:
     frames = np.stack(list(read_frames(seq.frames[: args.frames])))
     stages = {"read JPEGs": time.perf_counter() - start}
     encoder = build_encoder(args.encoder, seed=0)
-    feats, stages["encoder"] = encode(encoder, protocol, frames)
+    feats, _, stages["encoder"] = encode(encoder, protocol, frames)
     ids0, n_obj = seq.first_label()
     label0 = downsample_label(torch.from_numpy(ids0.astype(np.int64)), n_obj + 1, feats.shape[-2:], protocol)
     outs, stages["propagation"], groups = propagate(protocol, feats, label0, DEFAULT_TILE,
                                                     profiled=True)
     size = frames.shape[1:3]
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, soft in enumerate(outs, 1):
-            ids = label_to_ids(soft, protocol, size, ids0.shape).to(torch.uint8).numpy()
-            write_mask(Path(tmp) / f"{i:05d}.png", ids)
-    stages["output (resize, argmax, PNG)"] = time.perf_counter() - start
+    stages["output (resize, argmax, PNG)"] = write_outputs(outs, protocol, size, ids0.shape)
     targets = len(frames) - 1
     report.update(frames=len(frames), stages_s=stages, propagation_ops_s=groups)
     print(f"\n{args.sequence}: {len(frames)} frames {size[1]}x{size[0]}, features "

@@ -244,9 +244,10 @@ class TimeCycle(nn.Module):
             return x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)
 
         # Direct steps, all past frames in one batched step.
-        theta_direct, aff_direct = self.locate(per_step(query), torch.stack(past, 1).flatten(0, 1))
+        queries = per_step(query)
+        theta_direct, aff_direct = self.locate(queries, torch.stack(past, 1).flatten(0, 1))
         crop_direct = self.sampler(torch.stack(past_raw, 1).flatten(0, 1), theta_direct)
-        sim_feature = feature_similarity_loss(per_step(query), crop_direct, reduction="none")
+        sim_feature = feature_similarity_loss(queries, crop_direct, reduction="none")
         # The inlier mask follows the theta the sampler applies, translation factor included.
         sampled = scale_translation(theta_direct, self.sampler.translation_factor)
         sim_inlier = inlier_count_loss(

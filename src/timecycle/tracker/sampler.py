@@ -174,10 +174,7 @@ class Sampler(nn.Module):
         self.align_corners, self.translation_factor = align_corners, translation_factor
 
     def forward(self, features: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        crop = affine_sample(
-            features, theta, self.size, self.align_corners, self.translation_factor
-        )
-        return F.normalize(crop, dim=1)
+        return self.stack(features, theta.unsqueeze(1))
 
     def stack(self, features: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) features, (B, m, 2, 3) theta -> (B, C, m*h, w) stacked crops, unit over
