@@ -184,6 +184,7 @@ def _profile(step, batches, device, args: argparse.Namespace, step_s: float) -> 
     against the timed step (how much of the step the GPU computes rather than waits for
     launches), operators called, and host-device synchronisations."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -198,7 +199,10 @@ def _profile(step, batches, device, args: argparse.Namespace, step_s: float) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     path.write_text(events.table(sort_by=sort, row_limit=40, max_name_column_width=60))
-    busy = sum(e.self_device_time_total for e in events) / PROFILE_STEPS / 1e6 if cuda else None
+    # Kernels only: an operator's row repeats the device time of the kernels it launched (the
+    # first H200 profiles summed both and read 184% busy; the table's own total is the kernels').
+    busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA
+               ) / PROFILE_STEPS / 1e6 if cuda else None
     return {
         "profile": str(path),
         "device_busy_s": busy,
