@@ -128,6 +128,10 @@ def main() -> None:
                          "../shared/data; on the GPU machine the carried .gpudata)")
     ap.add_argument("--seconds", type=float, help="total budget (default 440; --smoke 180)")
     ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--train-runs", metavar="LIST",
+                    help="the training section's runs, comma-separated PRESET:COMPILE (default "
+                         "gpu_sections.TRAIN_RUNS; engine:MODE is `timecycle train --preset "
+                         "full --compile-cycles MODE`)")
     ap.add_argument("--pack", metavar="DIR", help="write the data to carry into DIR and exit")
     ap.add_argument("--pack-mib", type=float, default=58.0,
                     help="size limit of the pack (the working tree travels too: 64 MiB in all)")
@@ -159,7 +163,8 @@ def main() -> None:
         else:
             videos, davis = str(Path(args.data) / "videos" / "frames"), str(Path(args.data) / "DAVIS")
             workers = len(os.sched_getaffinity(0))
-        params = {**section_params(args, out, videos, davis, workers), "pyav": pyav}
+        params = {**section_params(args, out, videos, davis, workers), "pyav": pyav,
+                  "train_runs": args.train_runs.split(",") if args.train_runs else None}
         report = {"script": "bench/gpu.py", "smoke": args.smoke, "started": started.isoformat(
             timespec="seconds"), "budget_s": total, "data": args.data if not args.smoke
             else "generated (timecycle.datasets.synthetic)"}
@@ -234,6 +239,11 @@ def write_markdown(path: Path, r: dict) -> None:
                                   f"{k} {v:.2f}" for k, v in st["ms_per_frame"].items())
                           + f"; sum {st['sum_ms_per_frame']:.2f} against "
                             f"{st['e2e_ms_per_frame']:.2f} end to end."]
+                if "propagation_eager_ms_per_frame" in st:
+                    lines[-1] += (f" Propagation launched eagerly instead of as a CUDA graph: "
+                                  f"{st['propagation_eager_ms_per_frame']:.2f} ms per frame, "
+                                  f"labels differing by at most "
+                                  f"{st['graph_vs_eager_max_abs_diff']:.2g}.")
             c = s.get("cpu_check")
             if c:
                 lines += ["", "CPU check: " + ", ".join(
@@ -247,7 +257,8 @@ def write_markdown(path: Path, r: dict) -> None:
                   x.get("clips_per_s"), _f(x.get("step_s"), ".3f"),
                   _f(100 * x["data_wait"], ".1f") + " %" if "data_wait" in x else "",
                   _f(x.get("tflops"), ".1f"),
-                  _f(100 * x["mfu"], ".1f") + " %" if x.get("mfu") is not None else "n/a",
+                  _f(100 * x["mfu"], ".1f") + " %" if x.get("mfu") is not None
+                  else ("n/a" if "mfu" in x else ""),
                   x.get("bound_ratio"),
                   _f(100 * x["device_busy"], ".0f") + " %" if x.get("device_busy") else "",
                   _f(x.get("peak_mb"), ".0f")]

@@ -290,7 +290,8 @@ def stages(first: dict | None, root, frames_of: dict, device, protocol,
     """Where one sequence's end-to-end time goes (crw, fp32): decoding the JPEGs, the encoder,
     the propagation steps, the output (resize, argmax, copy to the host, PNG), each timed
     alone with the device synchronised (bench/propagate_profile.py's stages); against the
-    first run's end-to-end rate."""
+    first run's end-to-end rate. The steps run twice: as a CUDA graph (the default) and
+    eagerly, with the largest difference of their soft labels."""
     import numpy as np
     import torch
     from propagate_profile import encode, propagate, write_outputs
@@ -320,9 +321,15 @@ def stages(first: dict | None, root, frames_of: dict, device, protocol,
     seconds["output"] = write_outputs(outs, protocol, size, ids0.shape)
     n = len(frames)
     per_frame = {k: round(1000 * v / n, 3) for k, v in seconds.items()}
+    # The same steps without the CUDA graph (LabelPropagator's default on CUDA): what the
+    # graph saves, and that it gives the same labels (the same kernels, so 0 is expected).
+    eager, eager_s, _ = propagate(protocol, feats, label0, DEFAULT_TILE, cuda_graph=False)
+    diff = max(float((a - b).abs().max()) for a, b in zip(outs, eager))
     return {"sequence": name, "frames": n, "ms_per_frame": per_frame,
             "sum_ms_per_frame": round(sum(per_frame.values()), 3),
-            "e2e_ms_per_frame": round(1000 * first["seconds"] / first["frames"], 3)}
+            "e2e_ms_per_frame": round(1000 * first["seconds"] / first["frames"], 3),
+            "propagation_eager_ms_per_frame": round(1000 * eager_s / n, 3),
+            "graph_vs_eager_max_abs_diff": diff}
 
 
 def cpu_check(run, first: dict | None, frames_of: dict, deadline: float, cpu) -> dict:
@@ -351,33 +358,42 @@ def cpu_check(run, first: dict | None, frames_of: dict, deadline: float, cpu) ->
 # training (bench/train.py's worker, one process per configuration)
 
 
+# What the training section runs, in order of what they answer: the 70% target is `full`'s, so
+# its compiled variants come before `small`'s; then `timecycle train` itself at its defaults
+# (engine:auto, the cycles compiled on CUDA) and with CUDA graphs. bench/gpu.py --train-runs.
+TRAIN_RUNS = ("small:none", "full:none", "full:cycles", "full:cycles-graphs", "small:cycles",
+              "engine:auto", "engine:graphs")
+# Seconds a run needs at least on a GPU: start-up, loader, cuDNN autotuning, and for
+# compiling, the cycles' forward and backward graphs (2026-12-04, H200: 52 s for `full` eager,
+# 80 s with the cycles compiled, 67 s as CUDA graphs with inductor's cache warm).
+NEED_S = {"none": 20, "cycles": 50, "cycles-graphs": 60, "auto": 60, "graphs": 60}
+
+
 def training(p: dict, rec: Record) -> None:
     deadline = time.monotonic() + p["budget_s"]
     smoke, workers = p["smoke"], p["workers"]
     # Eager, then the tracker's cycles compiled (`timecycle train --compile-cycles`): the
     # eager `full` step is launch-bound (README). Compiling the whole model did not finish in
     # 107 s for `full` on an H200 (2026-12-04); `bench/train.py --compile model` still can.
-    # In order of what they answer: the 70% target is `full`'s, so its compiled variants come
-    # before `small`'s; what the budget leaves out is skipped and said.
-    configs = [("small", "none"), ("full", "none"), ("full", "cycles"), ("full", "cycles-graphs"),
-               ("small", "cycles")]
+    configs = [tuple(item.split(":")) for item in p.get("train_runs") or TRAIN_RUNS]
     rec.set(data=p["videos"], workers=workers, runs=[],
-            note="bench/train.py's worker: bf16 autocast and channels_last on CUDA")
-    # Seconds a configuration needs at least on a GPU: start-up, loader, cuDNN autotuning, and
-    # for compiling, the cycles' forward and backward graphs.
-    need = {"none": 20, "cycles": 50, "cycles-graphs": 60}
+            note="bench/train.py's worker (bf16 autocast and channels_last on CUDA), then "
+                 "`timecycle train --preset full` itself (engine rows)")
     for i, (preset, mode) in enumerate(configs):
         row = {"preset": preset, "compile": mode}
         left = deadline - time.monotonic()
         # Each may run on as long as the ones after it keep their minimum.
-        limit = max(need[mode], left - sum(need[c] for _, c in configs[i + 1:]))
-        if smoke and mode != "none":
+        limit = max(NEED_S[mode], left - sum(NEED_S[c] for _, c in configs[i + 1:]))
+        if smoke and mode not in ("none", "auto"):
             rec.append("runs", {**row, "skipped": "not at --smoke: compiling takes a minute on "
                                                    "a CPU (tests/test_cycle.py compiles)"})
             continue
-        if not smoke and left < need[mode]:
+        if not smoke and left < NEED_S[mode]:
             rec.append("runs", {**row, "skipped": f"time budget: {left:.0f} s left, "
-                                                   f"~{need[mode]} s needed"})
+                                                   f"~{NEED_S[mode]} s needed"})
+            continue
+        if preset == "engine":
+            rec.append("runs", {**row, **engine_run(p, mode, min(left, limit), rec)})
             continue
         cmd = [sys.executable, str(HERE / "train.py"), "--worker", "--preset", preset,
                "--data", p["videos"], "--device", p["device"], "--workers", str(workers),
@@ -407,6 +423,56 @@ def training(p: dict, rec: Record) -> None:
         text = "".join(f"== {t.stem}\n{t.read_text()}\n\n" for t in tables)
         Path(p["profiles"]).with_suffix(".txt").write_text(text)
         shutil.rmtree(p["profiles"])
+
+
+def engine_run(p: dict, mode: str, seconds: float, rec: Record) -> dict:
+    """`timecycle train --preset full` as a user runs it (its loader, logging, checkpoint
+    writer; --compile-cycles `mode`), in a process of its own, stopped after ENGINE_STEPS
+    steps or `seconds`: the step time is the median of its metrics lines after the first (which
+    holds the compiling), against the encoder bound of this section's `full` eager run."""
+    import statistics
+
+    from timecycle.engine.logging import read_metrics
+
+    run_dir = Path(tempfile.mkdtemp(prefix="gpu-engine-"))  # checkpoints stay off DIR
+    steps = 4 if p["smoke"] else ENGINE_STEPS
+    every = 1 if p["smoke"] else 10
+    cmd = [sys.executable, "-m", "timecycle", "train", "--preset", "full", "--data", p["videos"],
+           "--out", str(run_dir / "run"), "--device", p["device"], "--workers", str(p["workers"]),
+           "--steps", str(steps), "--log-every", str(every), "--save-minutes", "0",
+           "--compile-cycles", mode, "--quiet"]
+    for key, value in (p.get("train_override") or {}).items():
+        if value is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+    cmd += ["--batch-size", str(p["batch_size"])] if p.get("batch_size") else []
+    t0 = time.monotonic()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr)
+            tail = out.stderr.strip().splitlines()[-1:] or [f"exit {out.returncode}"]
+            return {"error": tail[0]}
+        records = read_metrics(run_dir / "run")
+        config = json.loads((run_dir / "run" / "config.json").read_text())["train"]
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {seconds:.0f} s"}
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    steady = [r for r in records[1:] if r.get("step_s")] or records
+    step_s = statistics.median(r["step_s"] for r in steady)
+    result = {"arch": config["arch"], "crop": config["crop"], "batch": config["batch_size"],
+              "steps": steps, "step_s": step_s, "clips_per_s": config["batch_size"] / step_s,
+              "data_wait": statistics.median(r.get("data_wait_s", 0.0) for r in steady) / step_s,
+              "first_interval_s": records[0]["step_s"] * every if records else None,
+              "seconds": round(time.monotonic() - t0, 1)}
+    bound = [r for r in rec.data.get("runs", []) if r.get("preset") == "full"
+             and r.get("compile") == "none" and r.get("bound_s")]
+    if bound:
+        result["bound_ratio"] = bound[0]["bound_s"] / step_s
+    return result
+
+
+ENGINE_STEPS = 60  # 10 to compile and warm up, 50 timed (5 metrics lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +517,9 @@ def learning(p: dict, rec: Record) -> None:
                 "progress": False, "tensorboard": False, "eval_davis": p["davis"],
                 "eval_sequences": chosen, "eval_every": every, "eval_frames": p["eval_frames"],
                 "eval_size": p["eval_size"], "save_every": 10**6, "save_minutes": 0,
-                "log_every": max(1, min(10, every)), **override})
+                "log_every": max(1, min(10, every)),
+                # Eager: compiling (the default on CUDA) would take half of a run's share.
+                "compile_cycles": "off", **override})
             t0 = time.monotonic()
             before = proxy.score(build_model(config).encoder, device)
             eval_s = time.monotonic() - t0

@@ -108,10 +108,12 @@ def quiet_stderr():
 
 
 def propagate(protocol, feats: torch.Tensor, label0: torch.Tensor, tile: int,
-              profiled: bool = False) -> tuple[list[torch.Tensor], float, dict]:
+              profiled: bool = False, cuda_graph: bool = True
+              ) -> tuple[list[torch.Tensor], float, dict]:
     """Soft labels of frames 1.., the seconds of the steps, and with `profiled` the operator
-    seconds grouped as GROUPS (everything else under "rest")."""
-    prop = LabelPropagator(protocol, feats[0], label0, tile)
+    seconds grouped as GROUPS (everything else under "rest"). `cuda_graph`: as
+    LabelPropagator's (on CUDA, False launches the windowed step's operators one by one)."""
+    prop = LabelPropagator(protocol, feats[0], label0, tile, cuda_graph=cuda_graph)
     groups: dict[str, float] = {}
     prof = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
     with quiet_stderr(), prof:

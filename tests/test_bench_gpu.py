@@ -47,7 +47,12 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     check = prop["cpu_check"]
     assert check["ok"] is True and check["diff_fp32"] <= check["tolerance"] == 0.002
 
+    assert st["graph_vs_eager_max_abs_diff"] == 0  # no CUDA graph on the CPU: the same steps
+    assert _number(st["propagation_eager_ms_per_frame"])
+
     train = report["training"]["runs"]
+    engine = [r for r in train if r["preset"] == "engine"]
+    train = [r for r in train if r["preset"] != "engine"]
     measured = [r for r in train if "clips_per_s" in r]
     assert {r["preset"] for r in measured} == {"small", "full"}
     assert {r["arch"] for r in measured} == {"resnet18", "resnet50"}
@@ -60,6 +65,10 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     assert "== small\n" in tables and "== full\n" in tables and "aten::" in tables
     assert not (out / "profiles").exists()
     assert all(r.get("skipped") for r in train if r["compile"] != "none")  # said, not missing
+    # `timecycle train` itself at its defaults (no compiling on the CPU); graphs said skipped.
+    assert [r["compile"] for r in engine] == ["auto", "graphs"] and engine[1].get("skipped")
+    assert engine[0]["arch"] == "resnet50" and engine[0]["steps"] == 4, engine[0]
+    assert engine[0]["clips_per_s"] > 0 and engine[0]["bound_ratio"] > 0
 
     learn = {r["objective"]: r for r in report["learning"]["runs"]}
     assert set(learn) == {"timecycle", "crw"}

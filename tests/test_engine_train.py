@@ -14,11 +14,13 @@ import threading
 import pytest
 import torch
 
-from timecycle.cli import main
+from timecycle.cli import build_parser, main
+from timecycle.cli.train import config_from_args
 from timecycle.data import ClipDataset, build_index
 from timecycle.engine import train as train_mod
 from timecycle.engine.checkpoint import load_checkpoint
-from timecycle.engine.config import PRESETS, TrainConfig, check_resumable, make_config
+from timecycle.engine.config import (PRESETS, TrainConfig, check_resumable, make_config,
+                                     resolve_compile)
 from timecycle.engine.logging import read_metrics
 from timecycle.engine.train import train
 from timecycle.errors import UserError
@@ -129,20 +131,106 @@ def test_resume_gives_the_same_parameters_as_one_run(data, tmp_path):
     assert load_checkpoint(part / "last.pt")["samples"] == 12
 
 
-def test_compile_cycles_compiles_the_cycles_alone(data, tmp_path, monkeypatch):
-    # The wiring, without paying for a compile (tests/test_cycle.py compiles for real): the
-    # engine hands torch.compile the model's cycles, and the checkpoint keeps eager keys.
-    compiled = []
+@pytest.fixture
+def fake_compile(monkeypatch):
+    """torch.compile replaced by a recorder that returns the function unchanged, and CUDA-graph
+    step marks counted: the wiring, without paying for a compile (tests/test_cycle.py compiles
+    for real). Returns (compiled [(function name, kwargs)], marks [one per mark])."""
+    compiled, marks = [], []
 
-    def fake_compile(fn, **kwargs):
+    def compile_(fn, **kwargs):
         compiled.append((fn.__name__, kwargs))
         return fn
 
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    run = train(tiny(data, tmp_path / "run", steps=1, compile_cycles=True))
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    return compiled, marks
+
+
+def test_compile_cycles_compiles_the_cycles_alone(data, tmp_path, fake_compile, capsys):
+    # The engine hands torch.compile the model's cycles, and the checkpoint keeps eager keys.
+    compiled, marks = fake_compile
+    run = train(tiny(data, tmp_path / "run", steps=2, compile_cycles="on"))
     assert compiled == [("cycles", {"dynamic": False})]
-    assert json.loads((run / "config.json").read_text())["train"]["compile_cycles"] is True
+    assert marks == []  # step marks are for CUDA graphs only
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["compile_cycles"] == "on" and saved["resolved"]["compile_cycles"] == "on"
     assert all(not k.startswith("_orig_mod") for k in params(run))
+    assert "compiling the tracker's cycles (mode on)" in capsys.readouterr().err
+
+
+def test_auto_compile_on_the_cpu_stays_eager(data, tmp_path, fake_compile, capsys):
+    compiled, _ = fake_compile
+    run = train(tiny(data, tmp_path / "run", steps=1))
+    assert compiled == []
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["compile_cycles"] == "auto" and saved["resolved"]["compile_cycles"] == "off"
+    assert "compiling" not in capsys.readouterr().err
+
+
+def test_cuda_graphs_compile_reduce_overhead_and_mark_each_step(data, tmp_path, fake_compile,
+                                                               monkeypatch):
+    # "graphs" resolved as on a GPU, run on the CPU: torch.compile gets CUDA graphs' mode, and
+    # each training step (not the probe's forwards) begins a new CUDA-graph iteration.
+    compiled, marks = fake_compile
+    monkeypatch.setattr(train_mod, "resolve_compile", lambda config, device: "graphs")
+    run = train(tiny(data, tmp_path / "run", steps=3, accum=2))
+    assert compiled == [("cycles", {"dynamic": False, "mode": "reduce-overhead"})]
+    assert marks == [1, 1, 1]
+    assert json.loads((run / "config.json").read_text())["resolved"]["compile_cycles"] == "graphs"
+
+
+def test_cuda_graphs_are_refused_on_the_cpu(data, tmp_path, fake_compile):
+    compiled, _ = fake_compile
+    with pytest.raises(UserError, match="CUDA"):
+        train(tiny(data, tmp_path / "run", compile_cycles="graphs", device="cpu"))
+    assert compiled == [] and not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_compile_resolves_by_device_and_objective():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    timecycle, walk = make_config("small"), make_config("crw-small")
+    assert timecycle.compile_cycles == walk.compile_cycles == "auto"
+    assert resolve_compile(timecycle, cuda) == "on"
+    assert resolve_compile(timecycle, torch.device("cuda", 1)) == "on"
+    assert resolve_compile(timecycle, cpu) == "off"
+    assert resolve_compile(walk, cuda) == "off"  # the walk has no cycles: auto is off, silently
+    for mode in ("off", "on", "graphs"):
+        assert resolve_compile(make_config("small", compile_cycles=mode), cuda) == mode
+    assert resolve_compile(make_config("small", compile_cycles="on"), cpu) == "on"
+    with pytest.raises(UserError, match="CUDA"):
+        resolve_compile(make_config("small", compile_cycles="graphs"), cpu)
+
+
+def test_compile_cycles_of_an_older_config_was_a_flag():
+    old = make_config("small").to_dict()
+    for flag, mode in ((True, "on"), (False, "off")):
+        config = TrainConfig.from_dict({**old, "compile_cycles": flag})
+        assert config.compile_cycles == mode
+        assert resolve_compile(config, torch.device("cuda")) == mode
+    with pytest.raises(UserError, match="auto, off, on, graphs"):
+        make_config("small", compile_cycles="fast")
+
+
+def test_compile_cycles_is_refused_for_the_walk():
+    for mode in ("on", "graphs", True):
+        with pytest.raises(UserError, match="no cycles"):
+            make_config("crw-small", compile_cycles=mode)
+
+
+def test_cli_compile_cycles_choices(data, tmp_path):
+    def parsed(*flags):
+        args = build_parser().parse_args(["train", "--data", str(data), "--out",
+                                          str(tmp_path / "run"), "--preset", "small", *flags])
+        return config_from_args(args).compile_cycles
+
+    assert parsed() == "auto"
+    assert parsed("--compile-cycles") == "on"  # the bare flag of earlier command lines
+    assert parsed("--compile-cycles", "--steps", "3") == "on"
+    assert parsed("--compile-cycles", "graphs") == "graphs"
+    assert parsed("--compile-cycles", "off") == "off"
+    with pytest.raises(SystemExit):
+        parsed("--compile-cycles", "fast")
 
 
 def test_fused_adam_resumes_the_state_of_a_plain_adam():
@@ -172,11 +260,6 @@ def test_fused_adam_resumes_the_state_of_a_plain_adam():
     assert int(fused.state_dict()["state"][0]["step"]) == 2
 
 
-def test_compile_cycles_is_refused_for_the_walk():
-    with pytest.raises(UserError, match="no cycles"):
-        make_config("crw-small", compile_cycles=True)
-
-
 def test_existing_run_needs_resume(data, tmp_path):
     train(tiny(data, tmp_path, steps=1))
     with pytest.raises(UserError, match="--resume"):
@@ -203,10 +286,25 @@ def test_nonfinite_losses_are_skipped_and_counted(data, tmp_path, monkeypatch):
     assert load_checkpoint(run / "last.pt")["nonfinite"] == 1
 
 
+def test_a_nonfinite_gradient_is_skipped_and_named(data, tmp_path, monkeypatch):
+    # A finite loss whose gradient norm is not: skipped too, and the warning says which.
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def inf_on_second(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return norm * float("inf") if len(calls) == 2 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", inf_on_second)
+    with pytest.warns(RuntimeWarning, match=r"step 2: non-finite gradient norm inf \(loss -?\d"):
+        run = train(tiny(data, tmp_path, steps=3))
+    assert [r["nonfinite"] for r in read_metrics(run)] == [0, 1, 0]
+
+
 def test_repeated_nonfinite_losses_stop_the_run(data, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "total_loss", lambda terms, config: terms["long"].sum() * torch.nan)
     with pytest.warns(RuntimeWarning):
-        with pytest.raises(UserError, match="3 non-finite losses in a row"):
+        with pytest.raises(UserError, match="3 non-finite steps"):
             train(tiny(data, tmp_path, steps=10, max_nonfinite=3))
 
 

@@ -135,3 +135,69 @@ def test_label_to_ids_output_sizes() -> None:
         ids = label_to_ids(soft, p, frame_hw, (30, 45))
         assert ids.shape == (30, 45)
         assert ids[:, 0].eq(0).all() and ids[:, -1].eq(1).all()
+
+
+def test_frames_are_read_in_order_and_a_wrong_size_names_its_file(tmp_path) -> None:
+    # read_frames decodes several frames at once in threads; the order and the size check
+    # must be those of reading one by one.
+    import numpy as np
+    from PIL import Image
+
+    from timecycle.errors import UserError
+    from timecycle.propagation.video import read_frames
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(9)]
+    frames[6] = frames[6][:, :30]
+    paths = []
+    for i, f in enumerate(frames):
+        paths.append(tmp_path / f"{i:05d}.png")
+        Image.fromarray(f).save(paths[-1])
+    got = []
+    with pytest.raises(UserError, match="00006.png") as err:
+        for frame in read_frames(paths, threads=3):
+            got.append(frame)
+    assert "30x24" in str(err.value)
+    assert len(got) == 6
+    for a, b in zip(got, frames):
+        np.testing.assert_array_equal(a, b)
+    assert [f.shape for f in read_frames(paths[:6], threads=4)] == [(24, 32, 3)] * 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name", ["crw", "dino"])
+def test_cuda_graph_step_equals_the_eager_step(name: str) -> None:
+    p = _small(name)
+    feats = _video(8, 16, 13, 19).cuda()
+    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    graph = LabelPropagator(p, feats[0], label0.cuda(), tile=3)
+    eager = LabelPropagator(p, feats[0], label0.cuda(), tile=3, cuda_graph=False)
+    assert graph.graph and not eager.graph
+    for t in range(1, feats.shape[0]):
+        # The same kernels replayed: equal up to a cuBLAS algorithm chosen differently.
+        torch.testing.assert_close(graph.step(feats[t]), eager.step(feats[t]), atol=1e-5, rtol=0)
+
+
+def test_a_failed_capture_falls_back_to_eager_steps(monkeypatch) -> None:
+    # Where a CUDA graph cannot be captured, propagation goes on eagerly (with a warning)
+    # and gives the eager labels. The capture is made to fail; the device is the CPU.
+    import timecycle.propagation.propagator as propagator
+
+    def fail(fn):
+        raise RuntimeError("operation not permitted when stream is capturing\ndetails")
+
+    monkeypatch.setattr(propagator, "capture", fail)
+    p = _small("crw")
+    feats = _video(5, 16, 13, 19)
+    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    eager = LabelPropagator(p, feats[0], label0, tile=3)
+    assert not eager.graph  # never on the CPU
+    forced = LabelPropagator(p, feats[0], label0, tile=3)
+    forced.graph = True
+    with pytest.warns(UserWarning, match="without a CUDA graph: capturing it failed "
+                                         r"\(operation not permitted when stream is capturing\)"):
+        first = forced.step(feats[1])
+    assert not forced.graph
+    torch.testing.assert_close(first, eager.step(feats[1]), atol=0, rtol=0)
+    for t in range(2, 5):
+        torch.testing.assert_close(forced.step(feats[t]), eager.step(feats[t]), atol=0, rtol=0)

@@ -112,9 +112,11 @@ def _clip_root(out: Path, frames: list, mask: str) -> Path:
 def _train_config(cfg: DemoConfig, data: Path, run: Path):
     from timecycle.engine.config import make_config
 
+    # Eager even on CUDA: a minute of compiling is more than the demo's few dozen steps can
+    # win back, and `probe_step_seconds` times the eager step.
     return make_config("small", data=[str(data)], out=str(run), steps=cfg.steps,
                        batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
-                       seed=cfg.seed, fps=None, loss=cfg.loss)
+                       seed=cfg.seed, fps=None, loss=cfg.loss, compile_cycles="off")
 
 
 def _train(cfg: DemoConfig, data: Path, out: Path) -> Path:

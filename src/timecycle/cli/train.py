@@ -38,7 +38,7 @@ def _fps(text: str) -> float:
 
 
 def register(sub) -> None:
-    from timecycle.engine.config import PRESETS, PRECISIONS
+    from timecycle.engine.config import COMPILE_MODES, PRESETS, PRECISIONS
     from timecycle.losses import PRESETS as LOSSES
 
     p = sub.add_parser("train", help="train an encoder by cycle-consistency on unlabeled video",
@@ -72,8 +72,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the newest complete checkpoint of RUN")
     p.add_argument("--workers", type=int, help="DataLoader processes")
-    p.add_argument("--compile-cycles", action="store_true", default=None,
-                   help="torch.compile the tracker's cycles (TimeCycle; for GPUs, ~1 min)")
+    # A bare --compile-cycles (the flag it was before the choice) means "on".
+    p.add_argument("--compile-cycles", nargs="?", const="on", choices=COMPILE_MODES,
+                   help="torch.compile the tracker's cycles (TimeCycle), about a minute: auto "
+                        "(default) = on for CUDA, off on the CPU; graphs = on, replayed as "
+                        "CUDA graphs. H200, full: 312 clips/s eager, 371 on, 417 graphs")
     p.add_argument("--threads", type=int,
                    help="CPU threads of the training process (default: torch's choice)")
     p.add_argument("--save-every", type=int, metavar="N",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 from timecycle.data.clips import ClipConfig
 from timecycle.data.walk import WalkConfig
@@ -25,6 +26,9 @@ from timecycle.errors import UserError
 from timecycle.losses import PRESETS as LOSS_PRESETS
 from timecycle.losses.config import QUERIES
 from timecycle.losses import LossConfig, preset
+
+if TYPE_CHECKING:
+    import torch
 
 ARCHS = ("resnet50", "resnet18")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -37,6 +41,10 @@ BATCHNORMS = ("batch", "frozen")
 # contrastive random walk (SPEC 9).
 OBJECTIVES = ("timecycle", "crw")
 PADDINGS = ("zeros", "reflect")
+# torch.compile of the TimeCycle tracker's cycles (TrainConfig.compile_cycles): "auto" resolves
+# to "on" or "off" by device and objective (`resolve_compile`); "graphs" is "on" replayed as
+# CUDA graphs (torch.compile's mode="reduce-overhead").
+COMPILE_MODES = ("auto", "off", "on", "graphs")
 
 
 @dataclass
@@ -87,10 +95,15 @@ class TrainConfig:
     # machine 1.43x per `full` step (bench/train.py, 2 threads); `small` 10-15% at 1 thread,
     # within the noise at 2 (README, Throughput).
     channels_last: bool = True
-    # torch.compile the TimeCycle tracker's cycles alone (fixed shapes; hundreds of small
-    # operators that leave an H200 idle a quarter of a `full` step, README). About a minute of
-    # compiling, once more for the no-grad probe; the encoder stays eager (cuDNN).
-    compile_cycles: bool = False
+    # torch.compile the TimeCycle tracker's cycles alone (COMPILE_MODES; fixed shapes): hundreds
+    # of small operators that leave a GPU launch-bound, where the encoder is a few large cuDNN
+    # ones that stay eager. Measured on an H200 (bench/train.py, `full`, batch 32, bf16; README,
+    # GPU figures): a step at 0.59 of the encoder's forward+backward bound eager (0.102 s, 312
+    # clips/s), 0.71 with the cycles compiled ("on": 0.086 s, 371 clips/s), 0.83 replayed as
+    # CUDA graphs ("graphs": 0.077 s, 417 clips/s); `small` 0.049 -> 0.027 s compiled. "auto":
+    # "on" on CUDA for objective "timecycle", else "off": on the CPU compiling costs 35-50 s
+    # and gained nothing measured. About a minute of compiling, once more for the no-grad probe.
+    compile_cycles: str = "auto"
     workers: int = 8  # DataLoader processes (decoding is the CPU-heavy part)
     threads: int | None = None  # CPU intra-op threads of the training process; None: torch's
     seed: int = 0  # model initialisation and the clip stream (process r seeds seed + r)
@@ -131,7 +144,14 @@ class TrainConfig:
                                         or not 0 <= self.walk_dropout < 1):
             raise UserError("the walk needs walk_len >= 3, walk_stride >= 1, "
                             "walk_temperature > 0 and 0 <= walk_dropout < 1")
-        if self.compile_cycles and self.objective != "timecycle":
+        if isinstance(self.compile_cycles, bool):
+            # Configs saved before the choice (RUN/config.json, a checkpoint's, read again by
+            # --resume) hold the old flag.
+            self.compile_cycles = "on" if self.compile_cycles else "off"
+        if self.compile_cycles not in COMPILE_MODES:
+            raise UserError(f"unknown --compile-cycles {self.compile_cycles!r}; choose from "
+                            f"{', '.join(COMPILE_MODES)}")
+        if self.compile_cycles in ("on", "graphs") and self.objective != "timecycle":
             raise UserError("--compile-cycles compiles the TimeCycle tracker; the walk "
                             f"objective {self.objective!r} has no cycles")
         if self.batchnorm not in BATCHNORMS:
@@ -266,6 +286,22 @@ def apply_overrides(config: TrainConfig, **overrides) -> TrainConfig:
     if "epochs" in overrides and "steps" not in overrides:
         overrides["steps"] = None
     return replace(config, **overrides)
+
+
+def resolve_compile(config: TrainConfig, device: torch.device) -> str:
+    """What `config.compile_cycles` means on `device`: "off", "on" or "graphs".
+
+    "auto" is "on" on CUDA for objective "timecycle" and "off" elsewhere (the CPU: a slow
+    compile that gained nothing measured; the walk: no cycles). "graphs" off CUDA is a
+    UserError: CUDA graphs exist only there.
+    """
+    mode = config.compile_cycles
+    if mode == "auto":
+        return "on" if device.type == "cuda" and config.objective == "timecycle" else "off"
+    if mode == "graphs" and device.type != "cuda":
+        raise UserError(f"--compile-cycles graphs replays CUDA graphs, which need a CUDA "
+                        f"device, not {device}; use --compile-cycles on (or off)")
+    return mode
 
 
 def check_resumable(saved: TrainConfig, new: TrainConfig) -> list[str]:

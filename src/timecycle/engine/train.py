@@ -60,8 +60,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import math
 import os
 import random
+import sys
 import threading
 import time
 import warnings
@@ -77,7 +79,7 @@ from timecycle.data import ClipDataset, VideoRecord, build_index, make_loader
 from timecycle.datasets.io import write_json_atomic
 from timecycle.engine import checkpoint as ckpt
 from timecycle.engine import distributed
-from timecycle.engine.config import TrainConfig, check_resumable
+from timecycle.engine.config import TrainConfig, check_resumable, resolve_compile
 from timecycle.engine.distributed import World
 from timecycle.engine.logging import TERMS, WALK_TERMS, Meter, MetricsLog
 from timecycle.engine.runtime import environment
@@ -93,6 +95,7 @@ class StepResult:
 
     values: dict[str, torch.Tensor] | None
     loss: torch.Tensor
+    grad_norm: torch.Tensor | None = None  # set when skipped: was it the loss or the gradient
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -130,7 +133,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
     if not bool(torch.isfinite(means[0]) & torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(None, means[0])
+        return StepResult(None, means[0], grad_norm.detach())
     optimizer.step()
     return StepResult({"loss": means[0], "grad_norm": grad_norm.detach(),
                        **dict(zip(names, means[1:]))}, means[0])
@@ -297,6 +300,7 @@ def run_training(config: TrainConfig, resume: bool = False,
     run_dir = Path(config.out)
     world = distributed.world_from_env()
     device = distributed.resolve_device(config.device, world)
+    compile_mode = resolve_compile(config, device)  # refuses "graphs" off CUDA before any work
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -318,7 +322,7 @@ def run_training(config: TrainConfig, resume: bool = False,
 
             path, videos = distributed.on_main(prepare, world)
             state = loaded.get("state") or (ckpt.load_checkpoint(path) if path else None)
-            return _run(config, run_dir, device, world, state, videos, stop)
+            return _run(config, run_dir, device, world, state, videos, stop, compile_mode)
     finally:
         torch.set_num_threads(threads)
 
@@ -364,9 +368,11 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 
 def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, world: World,
-           state: dict | None) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
+           state: dict | None, compile_mode: str = "off"
+           ) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
     """The model and Adam on `device`, from scratch (seeded) or from a checkpoint `state`;
-    then this process's generators: seed + rank, or the checkpoint's."""
+    then this process's generators: seed + rank, or the checkpoint's. `compile_mode`:
+    `resolve_compile`'s "off", "on" or "graphs" for the tracker's cycles."""
     _seed_all(config.seed)  # the same initial model on every rank (DDP broadcasts rank 0's too)
     model = build_model(config, loss_config)
     if config.sync_bn:
@@ -374,10 +380,16 @@ def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, w
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    if config.compile_cycles:
+    if compile_mode != "off":
         # An instance attribute over the method: forward calls it, the state dict and the
         # checkpoints keep their keys (compiling the whole module would prefix them).
-        model.cycles = torch.compile(model.cycles, dynamic=False)
+        graphs = {"mode": "reduce-overhead"} if compile_mode == "graphs" else {}
+        # Every run compiles as in a fresh process: on an H200 a compiled run that followed a
+        # `graphs` run in the same process drifted from its eager losses (bench/learning.py
+        # and the tests train several models in one process). reset() also clears the CUDA
+        # graph trees.
+        torch._dynamo.reset()
+        model.cycles = torch.compile(model.cycles, dynamic=False, **graphs)
     optimizer = make_optimizer(model, config)
     if state is None:
         _seed_all(config.seed + world.rank)
@@ -398,7 +410,7 @@ def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, w
 
 def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
          state: dict | None, videos: list[VideoRecord],
-         stop: threading.Event | None) -> Outcome:
+         stop: threading.Event | None, compile_mode: str = "off") -> Outcome:
     loss_config = config.loss_config()
     dataset = build_dataset(config, videos)
     n_videos = len(dataset.videos)
@@ -406,7 +418,12 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     clips_per_step = config.clips_per_step(world.size)
     amp_dtype = torch.bfloat16 if config.precision == "bf16" or (
         config.precision == "auto" and device.type == "cuda") else None
-    model, optimizer, n = _build(config, loss_config, device, world, state)
+    model, optimizer, n = _build(config, loss_config, device, world, state, compile_mode)
+    if compile_mode != "off" and world.is_main:
+        # torch.compile is lazy: the first step compiles (forward and backward), and the first
+        # logged probe (no grad) once more.
+        print(f"timecycle: compiling the tracker's cycles (mode {compile_mode}): about a "
+              "minute", file=sys.stderr, flush=True)
     env = environment(device)
     if world.is_main:
         write_json_atomic(run_dir / "config.json", {
@@ -414,7 +431,8 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
             "resolved": {"total_steps": total_steps, "start_step": n.step, "n_videos": n_videos,
                          "clips_per_epoch": n_videos * config.clips_per_video,
                          "world_size": world.size, "effective_batch": clips_per_step,
-                         "device": str(device), "precision": str(amp_dtype or "fp32")},
+                         "device": str(device), "precision": str(amp_dtype or "fp32"),
+                         "compile_cycles": compile_mode},
             "clip": asdict(dataset.config), "loss": asdict(loss_config), "environment": env,
         })
     if n.step >= total_steps:
@@ -468,6 +486,15 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 net = None
                 gc.collect()  # the old DDP wrapper's gradient hooks go with it
                 net = distributed.wrap(model, world, device)
+            if compile_mode == "graphs":
+                # CUDA-graph trees replay the cycles into the same output memory: a new step
+                # may overwrite the last one's outputs. Here it begins. (An accumulated
+                # micro-batch begins its own iteration by itself: no backward is pending then.)
+                # Nothing kept across steps is a graph output: objective_loss reduces the
+                # outputs by eager ops (total_loss, the term means), train_step stacks those
+                # into a fresh tensor, and the Meter sums the results. The probe's no-grad
+                # forwards record a graph of their own, and it too reads only reduced losses.
+                torch.compiler.cudagraph_mark_step_begin()
             result = train_step(net, optimizer, micro, loss_config, config.grad_clip, device,
                                 amp_dtype, world)
             n.step += 1
@@ -476,7 +503,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
             consecutive = 0 if result.values is not None else consecutive + 1
             if result.values is None:
                 n.nonfinite += 1
-                _nonfinite(n, consecutive, result.loss, config.max_nonfinite, run_dir,
+                _nonfinite(n, consecutive, result, config.max_nonfinite, run_dir,
                            world.is_main)
             last = n.step == total_steps
             due = world.is_main and 0 < config.save_minutes * 60 <= time.monotonic() - last_save
@@ -522,17 +549,21 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     return Outcome(run_dir, n.step, total_steps, stopped)
 
 
-def _nonfinite(n: Counters, consecutive: int, loss: torch.Tensor, limit: int,
+def _nonfinite(n: Counters, consecutive: int, result: StepResult, limit: int,
                run_dir: Path, warn: bool = True) -> None:
     """Warn about a skipped step; stop the run after `limit` of them in a row (the decision
-    is the same on every rank: the loss was averaged over them)."""
+    is the same on every rank: the loss was averaged over them, the gradients all-reduced)."""
+    loss = result.loss.item()
+    what = (f"non-finite loss {loss}" if not math.isfinite(loss) else
+            f"non-finite gradient norm {result.grad_norm.item()} (loss {loss:.4f})")
     if warn:
-        warnings.warn(f"step {n.step}: non-finite loss {loss.item()}, update skipped "
+        warnings.warn(f"step {n.step}: {what}, update skipped "
                       f"({consecutive} in a row, {n.nonfinite} in all)", RuntimeWarning,
                       stacklevel=3)
     if consecutive >= limit:
         raise UserError(
-            f"stopped at step {n.step}: {consecutive} non-finite losses in a row (the "
+            f"stopped at step {n.step}: {consecutive} non-finite steps (loss or gradient) in a "
+            "row (the "
             f"parameters were not updated by them; {run_dir / ckpt.LAST} holds the last saved "
             "state, if any). Try a lower --lr, --warmup-steps N, or --loss code")
 

@@ -8,6 +8,8 @@ Restricted protocols read each context frame only inside its window (see `window
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -38,10 +40,12 @@ class LabelPropagator:
         feat0: (C, h, w) frame 0's features (normalised here over C).
         label0: (K, h, w) frame 0's label at feature resolution.
         tile: query tile side for restricted windows.
+        cuda_graph: on CUDA, replay the restricted windows' step as a CUDA graph (the same
+            kernels; False runs it eagerly, as on the CPU).
     """
 
     def __init__(self, protocol: Protocol, feat0: torch.Tensor, label0: torch.Tensor,
-                 tile: int = DEFAULT_TILE):
+                 tile: int = DEFAULT_TILE, cuda_graph: bool = True):
         self.p = protocol
         c, h, w = feat0.shape
         k = label0.shape[0]
@@ -71,6 +75,9 @@ class LabelPropagator:
             self.slot_index = slot_index(g, slots)
         self.count = 0  # previous frames stored so far (at most n_context)
         self.next_slot = 0
+        # On CUDA the windowed step is replayed as one CUDA graph (see `_replay`).
+        self.graph = cuda_graph and self.geo is not None and feat0.is_cuda
+        self._replayed: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         if self.n0:
             self._write(0, feat0, label0)
         if protocol.pad_context:
@@ -122,10 +129,49 @@ class LabelPropagator:
             return per_frame_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
         if self.geo is None:
             return dense_joint_topk(feat, self.feats[:n], self.labels[:n], p.topk, p.temperature)
+        return self._replay(feat) if self.graph else self._windowed(feat)
+
+    def _windowed(self, feat: torch.Tensor) -> torch.Tensor:
         first = (self.feat0, self.label0) if self.first_apart else None
-        return windowed_joint_topk(
-            feat, self.feats, self.labels, self.geo, self.slot_index, p.topk, p.temperature, first
-        )
+        return windowed_joint_topk(feat, self.feats, self.labels, self.geo, self.slot_index,
+                                   self.p.topk, self.p.temperature, first)
+
+    def _replay(self, feat: torch.Tensor) -> torch.Tensor:
+        """`_windowed` as a CUDA graph, captured on the first call. Why: the windowed step is
+        ~12 operators per tile row (~130 a frame at 480p), each launched from Python, which
+        took longer than the GPU's work. Its shapes and every tensor it reads are fixed for the
+        video: the context is written in place and empty slots are read too (with the OUTSIDE
+        bias), so one capture serves every frame, with the same kernels as eager mode.
+        """
+        if self._replayed is None:
+            query = feat.clone()
+            try:
+                self._replayed = (*capture(lambda: self._windowed(query)), query)
+            except RuntimeError as err:  # a CUDA build or driver that cannot capture this
+                warnings.warn(f"propagation runs without a CUDA graph: capturing it failed "
+                              f"({str(err).splitlines()[0]})", stacklevel=2)
+                self.graph = False
+                return self._windowed(feat)
+        graph, out, query = self._replayed
+        query.copy_(feat)
+        graph.replay()
+        # The next replay overwrites `out`; the caller may hold the label longer than that.
+        return out.clone()
+
+
+def capture(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture `fn()` (CUDA work only, no host synchronisation) as a CUDA graph: returns the
+    graph and its output tensor, which each `graph.replay()` rewrites."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream: cuBLAS workspaces, plans
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: the writer threads may synchronise on their own copies meanwhile.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        out = fn()
+    return graph, out
 
 
 def per_frame_topk(

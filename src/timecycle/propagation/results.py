@@ -14,7 +14,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +27,13 @@ from timecycle.datasets.io import write_json_atomic, write_mask
 from timecycle.errors import UserError
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
-from timecycle.propagation.video import FrameEncoder, prefetch, propagate_frames, read_frames
+from timecycle.propagation.video import (
+    FrameEncoder,
+    prefetch,
+    propagate_frames,
+    read_frames,
+    to_host,
+)
 from timecycle.propagation.windows import DEFAULT_TILE
 
 PROVENANCE_FILE = "propagation.json"
@@ -135,6 +141,10 @@ def _settled(jobs: list[Future]) -> Iterator[None]:
         raise
 
 
+def _write_when_copied(path: Path, ids: Callable[[], np.ndarray]) -> None:
+    write_mask(path, ids())
+
+
 def propagate_masks(
     name: str,
     frames: Sequence[Path],
@@ -178,8 +188,9 @@ def propagate_masks(
             stream = prefetch(read_frames(frames, expect_hw=out_hw))
             outputs = propagate_frames(stream, first_label, frame_encoder, protocol, batch_size, tile)
             for frame, (soft, size) in zip(frames[1:], outputs):
-                ids = id_of[label_to_ids(soft, protocol, size, out_hw)].to(torch.uint8).cpu().numpy()
-                pending.append(writer.submit(write_mask, partial / f"{frame.stem}.png", ids))
+                ids = to_host(id_of[label_to_ids(soft, protocol, size, out_hw)].to(torch.uint8))
+                pending.append(writer.submit(_write_when_copied, partial / f"{frame.stem}.png",
+                                             ids))
                 bar.update(1)
         for job in pending:
             job.result()  # re-raises a failed write before the folder is renamed

@@ -1,15 +1,20 @@
 """Propagate a first-frame label through one video: read, encode, propagate, post-process.
 
-Frames are read by a background thread, encoded in small batches on the device, and handed to
-the `LabelPropagator` one at a time, so the memory held is a batch of frames plus the context,
-whatever the length of the video.
+Frames are decoded by background threads, encoded in small batches on the device, and handed
+to the `LabelPropagator` one at a time, so the memory held is a batch of frames plus the
+context, whatever the length of the video. On a GPU nothing in the loop waits for the device:
+frames go up from pinned memory and results come back through `to_host`, so the CPU launches
+the next frame's work while the GPU runs this one's.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,11 @@ from timecycle.propagation.resize import frame_size, resize_frames
 from timecycle.propagation.windows import DEFAULT_TILE
 
 _DONE = object()
+
+# Threads decoding frames (Pillow releases the GIL while it decodes): one JPEG of DAVIS 480p
+# took 4.1 ms on the H200 machine's CPU, a third of a frame's end-to-end time on one thread
+# (bench/gpu.py's stages). Half the cores, at most 4: the rest run torch and the PNG writers.
+READ_THREADS = max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 def prefetch(items: Iterable, depth: int = 8) -> Iterator:
@@ -57,19 +67,56 @@ def prefetch(items: Iterable, depth: int = 8) -> Iterator:
         stop.set()
 
 
-def read_frames(paths: Sequence[Path], expect_hw: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-    """Yield (H, W, 3) uint8 frames; a frame of another size than the first is an error."""
-    for path in paths:
-        frame = read_frame(path)
-        if expect_hw is None:
-            expect_hw = frame.shape[:2]
-        elif frame.shape[:2] != tuple(expect_hw):
-            raise UserError(
-                f"frame is {frame.shape[1]}x{frame.shape[0]}, the sequence's first frame "
-                f"{expect_hw[1]}x{expect_hw[0]}",
-                path,
-            )
-        yield frame
+def read_frames(paths: Sequence[Path], expect_hw: tuple[int, int] | None = None,
+                threads: int = READ_THREADS) -> Iterator[np.ndarray]:
+    """Yield (H, W, 3) uint8 frames in order, decoded by `threads` threads a few frames ahead;
+    a frame of another size than the first is an error."""
+    paths = iter(paths)
+    with ThreadPoolExecutor(threads) as pool:
+        ahead: deque = deque()
+
+        def more() -> None:
+            path = next(paths, None)
+            if path is not None:
+                ahead.append((path, pool.submit(read_frame, path)))
+
+        for _ in range(2 * threads):
+            more()
+        while ahead:
+            path, job = ahead.popleft()
+            more()
+            frame = job.result()
+            if expect_hw is None:
+                expect_hw = frame.shape[:2]
+            elif frame.shape[:2] != tuple(expect_hw):
+                for _, queued in ahead:
+                    queued.cancel()
+                raise UserError(
+                    f"frame is {frame.shape[1]}x{frame.shape[0]}, the sequence's first frame "
+                    f"{expect_hw[1]}x{expect_hw[0]}",
+                    path,
+                )
+            yield frame
+
+
+def to_host(x: torch.Tensor) -> Callable[[], np.ndarray]:
+    """Start copying `x` to the host; the function returned waits for the copy and gives the
+    array. On CUDA the copy is queued behind the device's work (into pinned memory, with an
+    event), so the caller is not held until the GPU has finished this frame: a `.cpu()` there
+    made every frame's launches wait for the previous frame's kernels."""
+    if not x.is_cuda:
+        array = x.numpy()
+        return lambda: array
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> np.ndarray:
+        done.synchronize()
+        return host.numpy()
+
+    return wait
 
 
 def _batches(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -99,7 +146,11 @@ class FrameEncoder:
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = torch.from_numpy(frames).to(self.device, non_blocking=True)
+        x = torch.from_numpy(frames)
+        if self.device.type == "cuda":
+            # From pageable memory a copy first waits for the stream's work; pinned, it queues.
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255)
         size = frame_size(self.protocol, x.shape[-2], x.shape[-1])
         x = resize_frames((x - self.mean) / self.std, size)
