@@ -68,7 +68,8 @@ def worker(args: argparse.Namespace) -> dict:
     from timecycle.data import ClipDataset, build_index, make_loader
     from timecycle.engine.config import make_config
     from timecycle.engine.runtime import resolve_device
-    from timecycle.engine.train import index_videos, make_optimizer, train_step
+    from timecycle.engine.step import train_step
+    from timecycle.engine.train import index_videos, make_optimizer
     from timecycle.tracker import TimeCycle
 
     device = resolve_device(args.device)
@@ -183,7 +184,6 @@ def _profile(step, batches, device, args: argparse.Namespace, step_s: float) -> 
     time on the CPU) into DIR/<preset>[-<compile>].txt, and per step: the device's busy time
     against the timed step (how much of the step the GPU computes rather than waits for
     launches), operators called, and host-device synchronisations."""
-    import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 

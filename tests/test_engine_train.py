@@ -17,6 +17,7 @@ import torch
 from timecycle.cli import build_parser, main
 from timecycle.cli.train import config_from_args
 from timecycle.data import ClipDataset, build_index
+from timecycle.engine import step as step_mod
 from timecycle.engine import train as train_mod
 from timecycle.engine.checkpoint import load_checkpoint
 from timecycle.engine.config import (PRESETS, TrainConfig, check_resumable, make_config,
@@ -269,7 +270,7 @@ def test_existing_run_needs_resume(data, tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_and_counted(data, tmp_path, monkeypatch):
-    real, calls = train_mod.total_loss, []
+    real, calls = step_mod.total_loss, []
 
     def nan_on_second(terms, config):
         if torch.is_grad_enabled():  # training steps only, not the logged probe's forwards
@@ -277,7 +278,7 @@ def test_nonfinite_losses_are_skipped_and_counted(data, tmp_path, monkeypatch):
         loss = real(terms, config)
         return loss * float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(train_mod, "total_loss", nan_on_second)
+    monkeypatch.setattr(step_mod, "total_loss", nan_on_second)
     with pytest.warns(RuntimeWarning, match="step 2: non-finite loss"):
         run = train(tiny(data, tmp_path, steps=3))
     records = read_metrics(run)
@@ -302,7 +303,7 @@ def test_a_nonfinite_gradient_is_skipped_and_named(data, tmp_path, monkeypatch):
 
 
 def test_repeated_nonfinite_losses_stop_the_run(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "total_loss", lambda terms, config: terms["long"].sum() * torch.nan)
+    monkeypatch.setattr(step_mod, "total_loss", lambda terms, config: terms["long"].sum() * torch.nan)
     with pytest.warns(RuntimeWarning):
         with pytest.raises(UserError, match="3 non-finite steps"):
             train(tiny(data, tmp_path, steps=10, max_nonfinite=3))

@@ -16,7 +16,8 @@ from timecycle.encoder.weights import load_weights
 from timecycle.engine.checkpoint import load_checkpoint
 from timecycle.engine.config import make_config
 from timecycle.engine.logging import read_metrics
-from timecycle.engine.train import freeze_batchnorm, train, unrelated
+from timecycle.engine.step import freeze_batchnorm, unrelated
+from timecycle.engine.train import train
 from timecycle.losses.walk import walk_cross_entropy
 from timecycle.tracker import ContrastiveWalk
 

@@ -145,7 +145,8 @@ def probe_step_seconds(cfg: DemoConfig) -> float:
     import torch
 
     from timecycle.engine.distributed import World, resolve_device
-    from timecycle.engine.train import make_optimizer, train_step
+    from timecycle.engine.step import train_step
+    from timecycle.engine.train import make_optimizer
     from timecycle.tracker import TimeCycle
 
     config = _train_config(cfg, Path("."), Path("."))

@@ -22,8 +22,8 @@ the checkpoint they resume from).
 
 Layout (STYLE 3): the model (`TimeCycle`) is pure; this module alone touches the device,
 precision, logging and checkpoints, with distributed.py for the process group and signals.py
-for stop requests. `train_step` is one optimiser step and knows nothing of the run; `train`
-sets up, loops and saves.
+for stop requests. `train_step` (engine/step.py) is one optimiser step and knows nothing of
+the run; `train` sets up, loops and saves.
 
 Distributed runs (torchrun's RANK / WORLD_SIZE / LOCAL_RANK): one process per GPU, NCCL (Gloo
 on the CPU), the model in DistributedDataParallel. Rank r reads batches r, r + W, ... of the
@@ -72,7 +72,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from timecycle.data import ClipDataset, VideoRecord, build_index, make_loader
@@ -83,146 +82,11 @@ from timecycle.engine.config import TrainConfig, check_resumable, resolve_compil
 from timecycle.engine.distributed import World
 from timecycle.engine.logging import TERMS, WALK_TERMS, Meter, MetricsLog
 from timecycle.engine.runtime import environment
+from timecycle.engine.step import StepResult, freeze_batchnorm, probe_losses, train_step
 from timecycle.errors import UserError
-from timecycle.losses import LossConfig, total_loss
+from timecycle.losses import LossConfig
 from timecycle.data.walk import WalkDataset
 from timecycle.tracker import ContrastiveWalk, TimeCycle
-
-
-@dataclass
-class StepResult:
-    """One step's detached scalars (None when the step was skipped as non-finite)."""
-
-    values: dict[str, torch.Tensor] | None
-    loss: torch.Tensor
-    grad_norm: torch.Tensor | None = None  # set when skipped: was it the loss or the gradient
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               batches: dict | list[dict], loss_config: LossConfig, grad_clip: float,
-               device: torch.device, amp_dtype: torch.dtype | None = None,
-               world: World | None = None) -> StepResult:
-    """Forward, loss, backward on each micro-batch, then clip and update once.
-
-    batches: one batch or a list of micro-batches whose gradients accumulate (each loss
-        scaled by 1 / len). A batch: frames (B, K+1, 3, S, S), patch (B, 3, P, P), theta_gt
-        (B, 2, 3) (`ClipDataset`).
-    model: the TimeCycle, or its DistributedDataParallel wrapper: gradients are then
-        all-reduced once, in the last micro-batch's backward (no_sync before), and the
-        reported values are averaged over `world`'s processes.
-    Returns the total loss, each term reduced over its K steps (means over micro-batches and
-    processes), and the gradient norm before clipping; `values` is None and no update is made
-    when the loss of any process or the gradient norm is not finite. The backward runs even
-    then, so that every process joins the gradient all-reduce. One device sync per step.
-    """
-    batches = [batches] if isinstance(batches, dict) else list(batches)
-    ddp = isinstance(model, DistributedDataParallel)
-    optimizer.zero_grad(set_to_none=True)
-    sums, names = None, None
-    for i, batch in enumerate(batches):
-        sync = not ddp or i == len(batches) - 1
-        with contextlib.nullcontext() if sync else model.no_sync():
-            loss, terms = objective_loss(model, batch, loss_config, device, amp_dtype)
-            (loss / len(batches)).backward()
-        names = list(terms)
-        values = torch.stack([loss.detach(), *(terms[k].detach() for k in names)])
-        sums = values if sums is None else sums + values
-    means = distributed.mean_across(sums / len(batches), world or World())
-    params = [p for p in model.parameters() if p.grad is not None]
-    # grad_clip 0: not clipped (CRW); the norm is still measured and logged.
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
-    if not bool(torch.isfinite(means[0]) & torch.isfinite(grad_norm)):
-        optimizer.zero_grad(set_to_none=True)
-        return StepResult(None, means[0], grad_norm.detach())
-    optimizer.step()
-    return StepResult({"loss": means[0], "grad_norm": grad_norm.detach(),
-                       **dict(zip(names, means[1:]))}, means[0])
-
-
-def objective_loss(model: torch.nn.Module, batch: dict, loss_config: LossConfig | None,
-                   device: torch.device, amp_dtype: torch.dtype | None = None
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One micro-batch's loss and its logged terms (scalars, the loss's graph kept).
-
-    A TimeCycle batch (frames, patch, theta_gt) is weighted by `loss_config`, each term reduced
-    over its K steps as the preset says; a walk batch (patches, objective "crw") gives the mean
-    cross-entropy over the palindrome lengths, with "walk_xent" and "walk_acc" logged.
-    """
-    # contiguous(): one memory layout whatever made the batch. Collated in the main process,
-    # frames keep to_tensor's channels-last strides; from DataLoader workers they arrive
-    # contiguous; the two layouts pick different kernels (different rounding).
-    def get(key: str) -> torch.Tensor:
-        return batch[key].to(device, non_blocking=True).contiguous()
-
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):
-        if "patches" in batch:
-            out = model(get("patches"))
-        else:
-            out = model(get("frames"), get("patch"), get("theta_gt"))
-    if "patches" in batch:
-        xent = out["xent"].float().mean()
-        return xent, {"walk_xent": xent, "walk_acc": out["acc"].float().mean()}
-    reduce = torch.sum if loss_config.step_reduction == "sum" else torch.mean
-    terms = {k: out[k].float() for k in TERMS}
-    return total_loss(terms, loss_config), {k: reduce(terms[k]) for k in TERMS}
-
-
-def unrelated(batch: dict) -> dict:
-    """The batch with each clip's frames taken from other clips: frame t of clip b from clip
-    (b + t) % B for a walk; for TimeCycle the target and its patch stay and past frame t comes
-    from clip (b + t + 1) % B. No two frames of a clip then share a video when B >= the clip's
-    frames and the batch's videos differ.
-    A model whose cycles close as well on these as on real clips has learned position, not
-    correspondence (the diagnostic of `probe_losses`)."""
-    key = "patches" if "patches" in batch else "frames"
-    x = batch[key]
-    b, t = x.shape[:2]
-    walk = key == "patches"
-    order = (torch.arange(b)[:, None] + torch.arange(t)[None, :] + (0 if walk else 1)) % b
-    if not walk:
-        order[:, -1] = torch.arange(b)  # the target, whose patch and theta_gt are the clip's
-    mixed = x[order, torch.arange(t)[None, :]]
-    return {**batch, key: mixed}
-
-
-@contextlib.contextmanager
-def _frozen_statistics(model: torch.nn.Module):
-    """BatchNorm keeps normalising with batch statistics but stops updating its running ones
-    (momentum 0), so a diagnostic forward leaves the model as it was."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None
-              else None) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-
-
-@torch.no_grad()
-def probe_losses(model: torch.nn.Module, batch: dict, loss_config: LossConfig | None,
-                 device: torch.device, amp_dtype: torch.dtype | None = None
-                 ) -> dict[str, float]:
-    """The objective's loss on `batch` as it is ("probe_real") and with its frames from
-    unrelated clips ("probe_unrelated"), no update made. The gap between the two is what the
-    model has learned about correspondence; near zero, the cycles close by position."""
-    with _frozen_statistics(model):
-        real, _ = objective_loss(model, batch, loss_config, device, amp_dtype)
-        mixed, _ = objective_loss(model, unrelated(batch), loss_config, device, amp_dtype)
-    return {"probe_real": float(real), "probe_unrelated": float(mixed)}
-
-
-def freeze_batchnorm(model: torch.nn.Module) -> None:
-    """Every BatchNorm of `model` in eval mode: it normalises with its running statistics and
-    no longer updates them (its affine weight and bias still learn)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 def index_videos(folders: list[str], run_dir: Path, workers: int = 8) -> list[VideoRecord]:

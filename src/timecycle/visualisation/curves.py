@@ -30,7 +30,7 @@ METRICS_FILE = "metrics.jsonl"
 NOT_LOSSES = {"step", "epoch", "samples", "time", "grad_norm", "clips_per_s", "data_wait_s",
               "step_s", "lr", "nonfinite", "frozen", "walk_acc"}
 # Drawn in their own panels: the held-out evaluation (engine/evaluation.py) and the
-# unrelated-frames probe (engine/train.py probe_losses).
+# unrelated-frames probe (engine/step.py probe_losses).
 EVAL_TERMS = ("eval_jf", "eval_j", "eval_f")
 PROBE_TERMS = ("probe_real", "probe_unrelated")
 NOT_LOSSES |= {*EVAL_TERMS, "eval_best_jf", *PROBE_TERMS}
