@@ -15,10 +15,11 @@ Writes DIR/gpu.json (every figure, every skip with its reason, every error) and 
   propagation steps, output, each alone and synchronised), and run on the CPU: its J&F must
   equal the GPU's within 0.002 (cpu_check.ok).
 - training: bench/train.py's worker for the `small` and `full` presets at their batch sizes,
-  bf16 autocast, channels_last, eager then with the tracker's cycles compiled: clips/s,
+  bf16 autocast, channels_last, eager and with the tracker's cycles compiled: clips/s,
   data-wait share with every CPU core a loader worker, MFU, and the step against the
   encoder's forward+backward alone; every run is profiled (GPU busy share, operator tables
-  in DIR/profiles.txt).
+  in DIR/profiles.txt). And `timecycle train --preset full` itself, at its default and with
+  CUDA graphs (gpu_sections.TRAIN_RUNS gives the order, --train-runs another).
 - learning: short runs of the `small` (TimeCycle) and `crw-small` (CRW) presets on the frame
   folders, scored on a DAVIS proxy during training, J&F before and after.
 
