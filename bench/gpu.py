@@ -13,7 +13,8 @@ Writes DIR/gpu.json (every figure, every skip with its reason, every error) and 
   writing PNGs), peak GPU memory, the encoder alone at the same frame size, precision and batch
   (the bound), J&F. One sequence is timed stage by stage (stages: decoding, encoder,
   propagation steps, output, each alone and synchronised), and run on the CPU: its J&F must
-  equal the GPU's within 0.002 (cpu_check.ok).
+  equal the GPU's within 0.002 (cpu_check.ok). Last, crw with a random TimeCycle head (512
+  channels) on the encoder: its frames/s per channel against the plain encoder's 256.
 - training: bench/train.py's worker for the `small` and `full` presets at their batch sizes,
   bf16 autocast, channels_last, eager and with the tracker's cycles compiled: clips/s,
   data-wait share with every CPU core a loader worker, MFU, and the step against the
@@ -233,6 +234,13 @@ def write_markdown(path: Path, r: dict) -> None:
                  if "skipped" not in x else [x["protocol"], x["precision"], "skipped: "
                                              + x["skipped"]] + [""] * 9
                  for x in s.get("runs", [])])
+            runs = {(r.get("protocol"), r.get("precision")): r for r in s.get("runs", [])}
+            plain, head = runs.get(("crw", "fp32"), {}), runs.get(("crw-head", "fp32"), {})
+            if "fps_e2e" in plain and "fps_e2e" in head:
+                ratio = (head["fps_e2e"] * head["channels"]) / (plain["fps_e2e"] * plain["channels"])
+                lines += ["", f"TimeCycle head (crw-head, {head['channels']} channels, random): "
+                              f"{head['fps_e2e']:.1f} frames/s against {plain['fps_e2e']:.1f} for "
+                              f"the plain encoder's {plain['channels']}: {ratio:.2f}x per channel."]
             st = s.get("stages")
             if st and "ms_per_frame" in st:
                 lines += ["", f"Stages ({st['sequence']}, {st['frames']} frames, each alone, "

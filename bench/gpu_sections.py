@@ -196,7 +196,10 @@ def propagation(p: dict, rec: Record) -> None:
         """Propagate `names_in` in order while the next sequence is predicted to end (with its
         evaluation) before `share_end`; then score what was done. `bound`: warm up first and
         time the encoder alone."""
-        protocol = protocols[name]
+        # "crw-head": the crw protocol with a (random) TimeCycle head on the encoder, 512
+        # channels: does it propagate at least as fast per channel as the plain encoder?
+        head = name.endswith("-head")
+        protocol = protocols[name.removesuffix("-head")]
         bf16 = precision == "bf16"
         features = "bf16 autocast encoder, fp32 affinities" if bf16 else "fp32"
         if device.type != "cuda" and bf16:
@@ -206,7 +209,9 @@ def propagation(p: dict, rec: Record) -> None:
         row = {"protocol": name, "precision": precision, "device": str(device),
                "features": features,
                "frame_size": list(frame_size(protocol, h, w)), "batch": 4}
-        enc = build_encoder("resnet18", seed=0)
+        enc = build_encoder("resnet18", head=head, seed=0)
+        with torch.no_grad():
+            row["channels"] = enc.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
         fe = FrameEncoder(enc, protocol, device, amp=bf16)
         if bound:
             propagate_davis(warm.root, warm.names, tmp / "warm", fe, protocol, {}, progress=False)
@@ -240,7 +245,8 @@ def propagation(p: dict, rec: Record) -> None:
         return row
 
     plan = [("crw", "fp32"), ("stages", None), ("cpu-check", None), ("crw", "bf16"),
-            ("dino", "fp32"), ("dino", "bf16"), ("timecycle", "fp32"), ("timecycle", "bf16")]
+            ("dino", "fp32"), ("dino", "bf16"), ("timecycle", "fp32"), ("timecycle", "bf16"),
+            ("crw-head", "fp32")]
     first: dict | None = None
     cpu = torch.device("cpu")
     try:

@@ -35,7 +35,10 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
 
     prop = report["propagation"]
     runs = {(r["protocol"], r["precision"]): r for r in prop["runs"]}
-    assert set(runs) == {(p, q) for p in ("crw", "dino", "timecycle") for q in ("fp32", "bf16")}
+    assert set(runs) == {(p, q) for p in ("crw", "dino", "timecycle") for q in ("fp32", "bf16")
+                         } | {("crw-head", "fp32")}
+    # The TimeCycle head's 512 channels against the plain encoder's 256, per channel.
+    assert runs[("crw-head", "fp32")]["channels"] == 512 and runs[("crw", "fp32")]["channels"] == 256
     for r in runs.values():
         assert r["sequences"] == prop["sequences_available"], r
         assert _number(r["fps_e2e"]) and r["fps_e2e"] > 0 and _number(r["encoder_fps"])
@@ -80,3 +83,4 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     for heading in ("## environment", "## propagation", "## training", "## learning"):
         assert heading in table
     assert "| crw | fp32 |" in table and "CPU check" in table and "Stages (" in table
+    assert "TimeCycle head (crw-head, 512 channels" in table
