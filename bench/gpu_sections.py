@@ -133,18 +133,12 @@ def _sequence_names(davis: Path) -> list[str]:
     return sorted(on_disk)
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def encoder_fps(encoder, device, hw: tuple[int, int], bf16: bool, batch: int,
                 seconds: float) -> float:
     """Frames/s of the encoder alone on a batch already on the device, preprocessed, at the
     size and precision that propagation encodes: the bound of the end-to-end rate."""
     import torch
+    from propagate_profile import sync as _sync
 
     x = torch.randn(batch, 3, *hw, device=device)
     if device.type == "cuda":
@@ -166,6 +160,7 @@ def encoder_fps(encoder, device, hw: tuple[int, int], bf16: bool, batch: int,
 
 def propagation(p: dict, rec: Record) -> None:
     import torch
+    from propagate_profile import sync as _sync
 
     from timecycle.encoder import build_encoder
     from timecycle.engine.evaluation import DavisProxy
@@ -210,8 +205,7 @@ def propagation(p: dict, rec: Record) -> None:
                "features": features,
                "frame_size": list(frame_size(protocol, h, w)), "batch": 4}
         enc = build_encoder("resnet18", head=head, seed=0)
-        with torch.no_grad():
-            row["channels"] = enc.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+        row["channels"] = enc.out_channels
         fe = FrameEncoder(enc, protocol, device, amp=bf16)
         if bound:
             propagate_davis(warm.root, warm.names, tmp / "warm", fe, protocol, {}, progress=False)
@@ -433,6 +427,9 @@ def training(p: dict, rec: Record) -> None:
         shutil.rmtree(p["profiles"])
 
 
+ENGINE_STEPS = 60  # 10 to compile and warm up, 50 timed (5 metrics lines)
+
+
 def engine_run(p: dict, mode: str, seconds: float, rec: Record) -> dict:
     """`timecycle train --preset full` as a user runs it (its loader, logging, checkpoint
     writer; --compile-cycles `mode`), in a process of its own, stopped after ENGINE_STEPS
@@ -478,9 +475,6 @@ def engine_run(p: dict, mode: str, seconds: float, rec: Record) -> dict:
     if bound:
         result["bound_ratio"] = bound[0]["bound_s"] / step_s
     return result
-
-
-ENGINE_STEPS = 60  # 10 to compile and warm up, 50 timed (5 metrics lines)
 
 
 # ---------------------------------------------------------------------------------------------

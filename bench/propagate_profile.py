@@ -63,7 +63,8 @@ def end_to_end(args: argparse.Namespace) -> float:
         return time.perf_counter() - start
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (bench/gpu.py's timings use this too)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -75,10 +76,10 @@ def encode(encoder: torch.nn.Module, protocol, frames: np.ndarray,
     and the seconds it took (bench/gpu.py times its GPU stages with this too)."""
     enc = FrameEncoder(encoder, protocol, device)
     enc(frames[:4])  # warm-up: lazy initialisation and kernel choice, outside the timing
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     batches = [enc(frames[i : i + 4]) for i in range(0, len(frames), 4)]
-    _sync(device)
+    sync(device)
     return torch.cat([f for f, _ in batches]), batches[0][1], time.perf_counter() - start
 
 
@@ -119,7 +120,7 @@ def propagate(protocol, feats: torch.Tensor, label0: torch.Tensor, tile: int,
     with quiet_stderr(), prof:
         start = time.perf_counter()
         outs = [prop.step(f) for f in feats[1:]]
-        _sync(feats.device)
+        sync(feats.device)
         seconds = time.perf_counter() - start
     if profiled:
         for ev in prof.key_averages():

@@ -69,7 +69,7 @@ def worker(args: argparse.Namespace) -> dict:
     from timecycle.engine.config import make_config
     from timecycle.engine.runtime import resolve_device
     from timecycle.engine.step import train_step
-    from timecycle.engine.train import index_videos, make_optimizer
+    from timecycle.engine.train import compile_cycles, index_videos, make_optimizer
     from timecycle.tracker import TimeCycle
 
     device = resolve_device(args.device)
@@ -109,10 +109,8 @@ def worker(args: argparse.Namespace) -> dict:
         train_step(model, optimizer, next(batches), loss_config, config.grad_clip, device,
                    amp_dtype)
     flops = counter.get_total_flops()
-    if args.compile == "cycles":  # as `timecycle train --compile-cycles` does
-        model.cycles = torch.compile(model.cycles, dynamic=False)
-    elif args.compile == "cycles-graphs":  # the same, replayed as CUDA graphs (CUDA only)
-        model.cycles = torch.compile(model.cycles, dynamic=False, mode="reduce-overhead")
+    # As `timecycle train --compile-cycles on` / `graphs` compiles (CUDA graphs: CUDA only).
+    compile_cycles(model, {"cycles": "on", "cycles-graphs": "graphs"}.get(args.compile, "off"))
     for _ in range(args.warmup - 1 + int(args.compile != "none")):
         step(next(batches))
 

@@ -231,6 +231,23 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
                             weight_decay=config.weight_decay, fused=True)
 
 
+def compile_cycles(model: TimeCycle, mode: str) -> None:
+    """torch.compile `model.cycles` for `resolve_compile`'s mode "on" or "graphs" (CUDA graphs,
+    mode="reduce-overhead"); "off" leaves it eager. bench/train.py compiles through this too.
+
+    An instance attribute over the method: forward calls it, the state dict and the
+    checkpoints keep their keys (compiling the whole module would prefix them).
+    """
+    if mode == "off":
+        return
+    # Every run compiles as in a fresh process: on an H200 a compiled run that followed a
+    # `graphs` run in the same process drifted from its eager losses (bench/learning.py and the
+    # tests train several models in one process). reset() also clears the CUDA graph trees.
+    torch._dynamo.reset()
+    graphs = {"mode": "reduce-overhead"} if mode == "graphs" else {}
+    model.cycles = torch.compile(model.cycles, dynamic=False, **graphs)
+
+
 def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, world: World,
            state: dict | None, compile_mode: str = "off"
            ) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
@@ -244,16 +261,7 @@ def _build(config: TrainConfig, loss_config: LossConfig, device: torch.device, w
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    if compile_mode != "off":
-        # An instance attribute over the method: forward calls it, the state dict and the
-        # checkpoints keep their keys (compiling the whole module would prefix them).
-        graphs = {"mode": "reduce-overhead"} if compile_mode == "graphs" else {}
-        # Every run compiles as in a fresh process: on an H200 a compiled run that followed a
-        # `graphs` run in the same process drifted from its eager losses (bench/learning.py
-        # and the tests train several models in one process). reset() also clears the CUDA
-        # graph trees.
-        torch._dynamo.reset()
-        model.cycles = torch.compile(model.cycles, dynamic=False, **graphs)
+    compile_cycles(model, compile_mode)
     optimizer = make_optimizer(model, config)
     if state is None:
         _seed_all(config.seed + world.rank)

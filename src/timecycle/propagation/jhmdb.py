@@ -23,7 +23,7 @@ from timecycle.propagation.results import RunStats, SequenceStats, finish_result
 from timecycle.propagation.keypoints import propagate_keypoints
 from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
-from timecycle.propagation.video import FrameEncoder, prefetch, read_frames
+from timecycle.propagation.video import FrameEncoder, read_frames
 from timecycle.propagation.windows import DEFAULT_TILE
 
 
@@ -41,7 +41,7 @@ def propagate_video(
     out = np.empty((len(video.frames), *gt.shape[1:]), np.float64)
     out[:] = gt[0]  # frame 0, and every frame of the identity baseline
     if frame_encoder is not None and len(video.frames) > 1:
-        frames = prefetch(read_frames(video.frames))
+        frames = read_frames(video.frames)
         outputs = propagate_keypoints(frames, gt[0], frame_encoder, protocol, readout, batch_size, tile)
         for t, pred in enumerate(outputs, start=1):
             out[t] = pred

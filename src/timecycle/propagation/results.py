@@ -29,7 +29,6 @@ from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
 from timecycle.propagation.video import (
     FrameEncoder,
-    prefetch,
     propagate_frames,
     read_frames,
     to_host,
@@ -185,7 +184,7 @@ def propagate_masks(
             def first_label(feat_hw: tuple[int, int]) -> torch.Tensor:
                 return downsample_label(ids0_t, len(present), tuple(feat_hw), protocol)
 
-            stream = prefetch(read_frames(frames, expect_hw=out_hw))
+            stream = read_frames(frames, expect_hw=out_hw)
             outputs = propagate_frames(stream, first_label, frame_encoder, protocol, batch_size, tile)
             for frame, (soft, size) in zip(frames[1:], outputs):
                 ids = to_host(id_of[label_to_ids(soft, protocol, size, out_hw)].to(torch.uint8))

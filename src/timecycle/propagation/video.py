@@ -68,19 +68,20 @@ def prefetch(items: Iterable, depth: int = 8) -> Iterator:
 
 
 def read_frames(paths: Sequence[Path], expect_hw: tuple[int, int] | None = None,
-                threads: int = READ_THREADS) -> Iterator[np.ndarray]:
-    """Yield (H, W, 3) uint8 frames in order, decoded by `threads` threads a few frames ahead;
-    a frame of another size than the first is an error."""
+                threads: int = READ_THREADS, depth: int = 8) -> Iterator[np.ndarray]:
+    """Yield (H, W, 3) uint8 frames in order, decoded by `threads` background threads up to
+    `depth` frames ahead; a frame of another size than the first is an error."""
     paths = iter(paths)
-    with ThreadPoolExecutor(threads) as pool:
-        ahead: deque = deque()
+    pool = ThreadPoolExecutor(threads)
+    ahead: deque = deque()
 
-        def more() -> None:
-            path = next(paths, None)
-            if path is not None:
-                ahead.append((path, pool.submit(read_frame, path)))
+    def more() -> None:
+        path = next(paths, None)
+        if path is not None:
+            ahead.append((path, pool.submit(read_frame, path)))
 
-        for _ in range(2 * threads):
+    try:
+        for _ in range(max(depth, threads)):
             more()
         while ahead:
             path, job = ahead.popleft()
@@ -89,14 +90,14 @@ def read_frames(paths: Sequence[Path], expect_hw: tuple[int, int] | None = None,
             if expect_hw is None:
                 expect_hw = frame.shape[:2]
             elif frame.shape[:2] != tuple(expect_hw):
-                for _, queued in ahead:
-                    queued.cancel()
                 raise UserError(
                     f"frame is {frame.shape[1]}x{frame.shape[0]}, the sequence's first frame "
                     f"{expect_hw[1]}x{expect_hw[0]}",
                     path,
                 )
             yield frame
+    finally:  # an error, or a consumer that stops early: the frames read ahead are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def to_host(x: torch.Tensor) -> Callable[[], np.ndarray]:

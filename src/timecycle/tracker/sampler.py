@@ -126,7 +126,7 @@ def affine_sample_stack(
     align_corners: bool = False,
     translation_factor: float = 1.0,
 ) -> torch.Tensor:
-    """m crops per map in one `grid_sample`, stacked along the height.
+    """m crops per map in one sampling call (`bilinear_sample`), stacked along the height.
 
     (B, C, H, W) source, (B, m, 2, 3) theta -> (B, C, m*h, w): rows j*h .. (j+1)*h - 1 are
     `affine_sample(source, theta[:, j], size)`. The m grids are laid one above the other and
