@@ -39,6 +39,25 @@ def test_fast_equals_reference(name: str, tile: int) -> None:
 
 
 @pytest.mark.parametrize("name", ["crw", "dino"])
+def test_reused_buffers_do_not_leak_into_earlier_labels(name: str) -> None:
+    # The CPU step writes its intermediates into buffers kept from frame to frame: every label
+    # it returned must still equal the reference after later steps, and the buffers must be the
+    # same memory each step (else the reuse is not happening).
+    p = _small(name)
+    feats = _video(7, 16, 13, 19, seed=5)
+    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(6)), 0)
+    ref = reference_propagate(p, feats, label0)
+    prop = LabelPropagator(p, feats[0], label0, tile=3)
+    outs, ptrs = [], set()
+    for t in range(1, feats.shape[0]):
+        outs.append(prop.step(feats[t]))
+        ptrs.add(prop.scratch["aff"].data_ptr())
+    assert len(ptrs) == 1
+    for t, out in enumerate(outs):
+        torch.testing.assert_close(out, ref[t], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["crw", "dino"])
 def test_full_size_protocol_equals_reference(name: str) -> None:
     # The real presets (radius 12, 20 or 7 context frames) on a map larger than the window.
     p = PROTOCOLS[name]

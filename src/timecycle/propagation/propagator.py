@@ -78,6 +78,10 @@ class LabelPropagator:
         # On CUDA the windowed step is replayed as one CUDA graph (see `_replay`).
         self.graph = cuda_graph and self.geo is not None and feat0.is_cuda
         self._replayed: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+        # The windowed step's large intermediates, reused from frame to frame (`reuse`) on the
+        # CPU only: CUDA's caching allocator already recycles blocks, and a CUDA graph keeps
+        # its own pool, so there nothing is gained and a capture stays as it was measured.
+        self.scratch: dict[str, torch.Tensor] | None = None if feat0.is_cuda else {}
         if self.n0:
             self._write(0, feat0, label0)
         if protocol.pad_context:
@@ -134,7 +138,7 @@ class LabelPropagator:
     def _windowed(self, feat: torch.Tensor) -> torch.Tensor:
         first = (self.feat0, self.label0) if self.first_apart else None
         return windowed_joint_topk(feat, self.feats, self.labels, self.geo, self.slot_index,
-                                   self.p.topk, self.p.temperature, first)
+                                   self.p.topk, self.p.temperature, first, self.scratch)
 
     def _replay(self, feat: torch.Tensor) -> torch.Tensor:
         """`_windowed` as a CUDA graph, captured on the first call. Why: the windowed step is
@@ -172,6 +176,19 @@ def capture(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         out = fn()
     return graph, out
+
+
+def reuse(scratch: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, ...],
+          like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of `shape` like `like`, kept in `scratch` under `name` for the
+    next call. Why: a fresh CPU buffer of tens of MB is mapped and page-faulted anew by the
+    allocator on every call; written in place, the same pages are reused (None: allocate)."""
+    buf = None if scratch is None else scratch.get(name)
+    if buf is None or buf.shape != shape:
+        buf = like.new_empty(shape)
+        if scratch is not None:
+            scratch[name] = buf
+    return buf
 
 
 def per_frame_topk(
@@ -225,13 +242,15 @@ def windowed_joint_topk(
     k: int,
     temperature: float,
     first: tuple[torch.Tensor, torch.Tensor] | None = None,
+    scratch: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Joint top-k over the restricted windows of the context frames (and an unrestricted one).
 
     q: (C, h, w) normalised query; feats: (n_tx, Hp, S, win, C+1) and labels:
     (n_tx, Hp, S, win, K) the S context slots as interleaved strips (windows.py); index:
     (t*t, S*V) `slot_index`; first: optional ((C, h*w), (h*w, K)) frame read without
-    restriction (CRW's frame 0). Returns (K, h, w).
+    restriction (CRW's frame 0); scratch: buffers kept between calls (`reuse`). Returns
+    (K, h, w).
     """
     c, h, w = q.shape
     n_tx, _, slots, win, c1 = feats.shape
@@ -241,17 +260,21 @@ def windowed_joint_topk(
     out = q.new_empty(geo.n_ty, n_tx, t2, kk)
     index = index[None].expand(n_tx, *index.shape)
     tx = torch.arange(n_tx, device=q.device)[:, None, None]
+    aff = reuse(scratch, "aff", (n_tx, t2, win * slots * win), q)
+    allowed = reuse(scratch, "allowed", tuple(index.shape), q)
+    if first is not None:
+        f_aff = reuse(scratch, "first", (n_tx, t2, first[0].shape[1]), q)
     for ty in range(geo.n_ty):
         r0 = ty * geo.tile
         # A tile row's keys in every context frame: one contiguous block per strip (a view).
         keys = feats[:, r0 : r0 + win].reshape(n_tx, win * slots * win, c1)
         labs = labels[:, r0 : r0 + win].reshape(n_tx, win * slots * win, kk)
         qrow = qt[ty]  # (n_tx, t*t, C+1)
-        aff = torch.bmm(qrow, keys.transpose(1, 2))  # (n_tx, t*t, win*S*win)
-        vals, sel = torch.gather(aff, 2, index).topk(k, dim=-1)  # allowed keys only
+        torch.bmm(qrow, keys.transpose(1, 2), out=aff)  # (n_tx, t*t, win*S*win)
+        vals, sel = torch.gather(aff, 2, index, out=allowed).topk(k, dim=-1)  # allowed keys
         cand = labs[tx, torch.gather(index, 2, sel)]  # (n_tx, t*t, k, K)
         if first is not None:
-            f_vals, f_idx = (qrow[..., :c] @ first[0]).topk(k, dim=-1)
+            f_vals, f_idx = torch.matmul(qrow[..., :c], first[0], out=f_aff).topk(k, dim=-1)
             vals = torch.cat([f_vals, vals], dim=-1)
             cand = torch.cat([first[1][f_idx], cand], dim=2)
             vals, sel = vals.topk(k, dim=-1)
