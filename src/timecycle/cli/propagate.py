@@ -7,6 +7,7 @@ import argparse
 from timecycle.cli.common import (
     add_davis_args,
     add_propagate_args,
+    check_at_least,
     davis_root,
     print_propagated,
     start_propagation,
@@ -31,6 +32,7 @@ def register(sub) -> None:
 def run_davis(args: argparse.Namespace) -> int:
     from timecycle.propagation.davis import propagate_davis
 
+    check_at_least(args, 1, "--batch-size", "--tile")
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol = get_protocol(args.protocol)
         root = davis_root(args)

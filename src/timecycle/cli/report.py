@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from timecycle.cli.common import check_at_least, check_positive
 from timecycle.datasets.io import output_folder
 from timecycle.errors import UserError
 
@@ -33,6 +34,8 @@ def run_report(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.is_dir():
         raise UserError("no such folder", path)
+    check_positive(args, "--fps")  # 0 divides by zero in the animation writer
+    check_at_least(args, 1, "--max-width")
     training = (path / METRICS_FILE).is_file()
     if training and args.root:
         raise UserError("--root applies to propagation results, not to a training run")

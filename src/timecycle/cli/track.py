@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from timecycle.cli.common import add_encoder_args
+from timecycle.cli.common import add_encoder_args, check_at_least
 from timecycle.datasets.io import output_folder
 from timecycle.propagation.windows import DEFAULT_TILE
 
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("nothing to track: give --mask, --points or both")
     if args.encoder == "identity":
         raise UserError("track needs features: choose --encoder pixel, resnet18 or resnet50")
+    check_at_least(args, 1, "--batch-size", "--tile")
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol, readout = track_protocol(args.protocol)
         notes = default_weights(args)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from timecycle.cli.common import add_propagate_args, print_propagated, start_propagation
+from timecycle.cli.common import (
+    add_propagate_args,
+    check_at_least,
+    print_propagated,
+    start_propagation,
+)
 from timecycle.datasets.io import output_folder
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
 
@@ -47,6 +52,7 @@ def run_propagate(args: argparse.Namespace) -> int:
     from timecycle.propagation.presets import get_benchmark_protocol
     from timecycle.propagation.vip import propagate_vip
 
+    check_at_least(args, 1, "--batch-size", "--tile")
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol = get_benchmark_protocol("vip", args.protocol)
         root = VipRoot(args.root)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 
-from timecycle.cli.common import add_encoder_args, load_encoder
+from timecycle.cli.common import add_encoder_args, check_at_least, check_positive, load_encoder
 from timecycle.datasets.io import check_output_folder, output_folder
 from timecycle.errors import UserError
 
 
 def _indices(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        indices = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated frame numbers, got {text!r}") from None
+        indices = []
+    if not indices:  # "," or "": an empty list would silently fall back to the default 0,5
+        raise argparse.ArgumentTypeError(f"expected comma-separated frame numbers, got {text!r}")
+    return indices
 
 
 def register(sub) -> None:
@@ -56,6 +59,13 @@ def run_texture(args: argparse.Namespace) -> int:
     from timecycle.propagation.video import FrameEncoder
     from timecycle.visualisation.texture import encode, read_video, write_texture_figure
 
+    # Before any work: out of range, these fail deep inside (a division by zero) or give a
+    # figure of nothing (--topk 0 mixes no source position).
+    check_at_least(args, 1, "--topk", "--short-side")
+    check_at_least(args, 0, "--radius")
+    check_positive(args, "--temperature", "--fps")
+    if args.step is not None:
+        check_at_least(args, 2, "--max-frames")
     check_output_folder(args.out)  # before the encoder and the video are loaded
     encoder, _ = load_encoder(args)
     if encoder is None:

@@ -95,6 +95,9 @@ class DavisRoot:
         if not self.images.is_dir():
             raise UserError("no JPEGImages folder: not a DAVIS root", self.images)
         self.annotations = Path(annotations) if annotations else self.root / "Annotations" / resolution
+        if annotations and not self.annotations.is_dir():
+            # Checked here: otherwise the first message names <annotations>/<seq>/00000.png.
+            raise UserError("annotation folder not found (--annotations)", self.annotations)
 
     def sequence_names(self, spec: str | Path | None = None) -> list[str]:
         """Names from a list file, a comma-separated string, or ImageSets/<year>/val.txt.
@@ -120,7 +123,11 @@ class DavisRoot:
 
 def _read_list(path: Path) -> list[str]:
     # Lines may be "<seq>" or, in some lists, "<seq> <something>"; the first field is the name.
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:  # e.g. a binary file passed as the list
+        raise UserError(f"cannot read the sequence list ({err})", path) from None
+    return [ln.split()[0] for ln in lines if ln.strip()]
 
 
 __all__ = ["DavisRoot", "DavisSequence", "VOID", "frame_size", "read_frame"]

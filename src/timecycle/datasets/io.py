@@ -37,6 +37,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 def frame_files(folder: Path, kind: str = "video") -> tuple[Path, ...]:
     """The image files of a frame folder in name order; a UserError if there are none."""
+    if not folder.is_dir():  # a name nothing checked before (--eval-sequences): no traceback
+        raise UserError(f"{kind} folder not found", folder)
     frames = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
     if not frames:
         raise UserError(f"{kind} folder holds no frames", folder)
@@ -45,7 +47,7 @@ def frame_files(folder: Path, kind: str = "video") -> tuple[Path, ...]:
 
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
-        raise UserError("no such file", path)
+        raise UserError("is a folder, not an image file" if path.is_dir() else "no such file", path)
     try:
         img = Image.open(path)
         img.load()  # decode now: a truncated file fails here, not later

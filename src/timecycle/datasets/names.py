@@ -19,14 +19,15 @@ def requested_names(
 
     `what` names the items in messages ("sequences", "videos"); `flag` is the option to pass.
     """
-    if spec is None:
-        if not default_list.is_file():
-            raise UserError(f"no default {what[:-1]} list; pass {flag}", default_list)
-        names = read_list(default_list)
-    elif Path(spec).is_file():
-        names = read_list(Path(spec))
-    else:
-        names = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if spec is None and not default_list.is_file():
+        raise UserError(f"no default {what[:-1]} list; pass {flag}", default_list)
+    listing = default_list if spec is None else Path(spec)
+    if listing.is_file():
+        names = read_list(listing)
+        if not names:  # an empty list file: name it (not "no sequences given (None)")
+            raise UserError(f"the list names no {what}", listing)
+        return names
+    names = [s.strip() for s in str(spec).split(",") if s.strip()]
     if not names:
         raise UserError(f"no {what} given ({spec})")
     return names

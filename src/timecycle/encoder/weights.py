@@ -409,6 +409,8 @@ def load_encoder(name: str, weights: str | Path | None = None, head: str = "auto
     if name in ("identity", "pixel"):
         if weights:
             raise UserError(f"--weights does not apply to the {name} baseline")
+        if head == "yes":  # a baseline has no layers to put a head on: not silently ignored
+            raise UserError(f"--head yes does not apply to the {name} baseline")
         return build_encoder(name), info
     with_head = head == "yes" or (head == "auto" and bool(weights)
                                   and checkpoint_has_head(weights))

@@ -142,6 +142,9 @@ def read_prediction(path: Path, n_frames: int) -> np.ndarray:
         pred = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise UserError(f"cannot read the prediction ({err})", path) from None
+    if not isinstance(pred, np.ndarray):  # np.load reads an .npz archive whatever its name
+        pred.close()
+        raise UserError(f"holds an .npz archive, not one (T, {N_JOINTS}, 2) array (.npy)", path)
     if pred.dtype.kind != "f" or pred.ndim != 3 or pred.shape[1:] != (N_JOINTS, 2):
         raise UserError(f"prediction is {pred.dtype} {pred.shape}; expected float (T, {N_JOINTS}, 2)", path)
     if len(pred) < n_frames:

@@ -91,8 +91,13 @@ def read_prediction(path: str | Path, n_points: int) -> np.ndarray:
         raise UserError("no such file", path)
     try:
         pred = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise UserError(f"cannot read the predicted tracks ({err})", path) from None
+    if not isinstance(pred, np.ndarray):  # np.load reads an .npz archive whatever its name
+        pred.close()
+        raise UserError("holds an .npz archive, not one (T, K, 2) array (.npy)", path)
+    if pred.dtype.kind not in "fiu":  # strings or booleans: not coordinates
+        raise UserError(f"predicted tracks are {pred.dtype}, not numbers", path)
     if pred.ndim != 3 or pred.shape[1:] != (n_points, 2):
         raise UserError(f"predicted tracks have shape {list(pred.shape)}; the ground truth names "
                         f"{n_points} points, so expected (T, {n_points}, 2)", path)

@@ -105,9 +105,12 @@ def read_provenance(results: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        provenance = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: invalid JSON or not UTF-8
         raise UserError("cannot read the run's provenance file", path) from None
+    if not isinstance(provenance, dict):
+        raise UserError("the run's provenance file is not a JSON object", path)
+    return provenance
 
 
 @contextlib.contextmanager

@@ -84,7 +84,8 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
             raise UserError("the file holds no video stream", path)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        size = None
+        declared = stream.frames or 0  # the container's frame count; 0 where it has none (mkv)
+        size, count = None, 0
         try:
             for frame in container.decode(stream):
                 rgb = frame.to_ndarray(format="rgb24")
@@ -93,9 +94,16 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
                 elif rgb.shape != size:
                     raise UserError(f"frame size changes mid-stream ({size[1]}x{size[0]} to "
                                     f"{rgb.shape[1]}x{rgb.shape[0]})", path)
+                count += 1
                 yield rgb
         except av.FFmpegError as err:
             raise UserError(f"cannot decode the video ({err})", path) from None
+        # With frame threads FFmpeg ends a truncated stream quietly instead of raising: the
+        # outputs would cover its first frames only and look complete. A count off by a frame
+        # or two is tolerated, as `data.video.read_video_frames` does.
+        if declared - count > 2:
+            raise UserError(f"the video ends after {count} of the {declared} frames its header "
+                            "declares: the file is truncated or damaged", path)
     finally:
         container.close()
 

@@ -53,16 +53,22 @@ def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         raise UserError("cannot read this JSON file", path) from None
+    if not isinstance(record, dict):  # every results file timecycle writes holds an object
+        raise UserError(f"expected a JSON object, found a {type(record).__name__}", path)
+    return record
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"cannot read this CSV file ({err})", path) from None
 
 
 def _frame_index(folder: Path | None) -> dict[str, Path]:
@@ -192,9 +198,12 @@ def load_jhmdb(results: Path, root: Path | None, max_width: int) -> BenchmarkRes
 
 def _skeleton_frames(joints_path: Path, frame_dir: Path | None, max_width: int):
     def render() -> Iterator[np.ndarray]:
+        from timecycle.metrics.jhmdb import read_prediction
         from timecycle.visualisation.skeleton import draw_skeleton
 
-        joints = np.load(joints_path)  # (T, 15, 2) x, y in pos_img's 1-based pixels; nan: not predicted
+        # (T, 15, 2) x, y in pos_img's 1-based pixels; nan: not predicted. Read as `evaluate
+        # jhmdb` reads it: a damaged or foreign .npy is a UserError naming it.
+        joints = read_prediction(joints_path, 0)
         frames = sorted(_frame_index(frame_dir).items())
         for t in range(len(joints)):
             # Without frames: a black JHMDB-sized (320x240) canvas.

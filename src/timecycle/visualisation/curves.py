@@ -48,8 +48,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError("no metrics file", path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read the metrics file ({err})", path) from None
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -262,7 +266,7 @@ def write_curves(rows: list[dict], path: str | Path) -> Path:
 def _read_config(path: Path) -> dict | None:
     try:
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         return None
     return config if isinstance(config, dict) else None
 
@@ -311,7 +315,9 @@ def write_training_report(run_dir: str | Path, out: str | Path | None = None) ->
                      f'{pairs}.</p>')
     config_file = run / "config.json"
     if config_file.is_file():
-        text = json.dumps(config, indent=2) if config is not None else config_file.read_text()
+        # Shown as it is when it is not a JSON object; undecodable bytes as U+FFFD.
+        text = (json.dumps(config, indent=2) if config is not None
+                else config_file.read_text(errors="replace"))
         parts.append(f"<h2>Config</h2><pre>{e(text)}</pre>")
     parts.append("</body></html>\n")
     index = out_dir / "index.html"

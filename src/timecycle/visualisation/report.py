@@ -98,7 +98,14 @@ def write_report(results_dir: str | Path, out: str | Path | None = None, root: s
     results = Path(results_dir)
     if not results.is_dir():
         raise UserError("results folder not found", results)
-    res = ADAPTERS[detect_benchmark(results)](results, Path(root) if root else None, max_width)
+    benchmark = detect_benchmark(results)
+    try:
+        res = ADAPTERS[benchmark](results, Path(root) if root else None, max_width)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        # The adapters only parse the folder's JSON and CSV files: a field of another type or
+        # a score that is not a number is a damaged or hand-edited file, not a bug here.
+        raise UserError(f"the {benchmark} result files here are not in the layout timecycle "
+                        f"writes ({type(err).__name__}: {err})", results) from None
     out_dir = Path(out) if out else results / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     # Index-prefixed, sanitised names: unique, and safe in a URL without quoting.

@@ -1,0 +1,298 @@
+"""Bad input from a user, across the commands: one `timecycle: error:` line naming the file and
+the problem, exit status 2, no traceback, and nothing left behind that looks complete.
+
+Each case builds its own small damaged input in tmp_path; most fail before any real work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_one_line_error
+from timecycle.cli import main
+from timecycle.errors import UserError
+
+NOT_UTF8 = b"\xff\xfe\x00\x81 not text\n"
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _propagate(capsys, root: Path, out: Path, *extra) -> tuple[int, str, str]:
+    return _run(capsys, "propagate", "davis", "--root", root, "--out", out, "--encoder", "pixel",
+                "--device", "cpu", "--quiet", *extra)
+
+
+# ------------------------------------------------------------------ sequence lists, folders
+
+
+def test_a_sequence_list_that_is_not_text(synthetic_davis, tmp_path, capsys):
+    listing = tmp_path / "val.txt"
+    listing.write_bytes(NOT_UTF8)
+    out = tmp_path / "o"
+    code, _, err = _propagate(capsys, synthetic_davis, out, "--sequences", listing)
+    assert_one_line_error(code, err, "val.txt", "cannot read the sequence list")
+    assert not out.exists()
+
+
+def test_an_empty_sequence_list_is_named(synthetic_davis, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_davis, root)
+    (root / "ImageSets/2017/val.txt").write_text("\n")
+    code, _, err = _propagate(capsys, root, tmp_path / "o")  # the default list
+    assert_one_line_error(code, err, "val.txt", "names no sequences")
+    empty = tmp_path / "mine.txt"
+    empty.write_text("")
+    code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--sequences", empty)
+    assert_one_line_error(code, err, "mine.txt", "names no sequences")
+
+
+def test_a_missing_annotations_folder_is_named(synthetic_davis, tmp_path, capsys):
+    code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--annotations",
+                              tmp_path / "no-such-masks")
+    assert_one_line_error(code, err, "no-such-masks", "annotation folder not found")
+
+
+def test_a_missing_sequence_folder_is_a_user_error(synthetic_davis):
+    # `train --eval-sequences` names sequences that nothing listed before.
+    from timecycle.datasets.davis import DavisRoot
+    from timecycle.engine.evaluation import DavisProxy
+
+    with pytest.raises(UserError, match="nope.*not found"):
+        DavisRoot(synthetic_davis).sequence("nope")
+    with pytest.raises(UserError, match="nope"):
+        DavisProxy(synthetic_davis, ["nope"], frames=5, size=64)
+
+
+def test_a_folder_given_as_an_image(tmp_path):
+    from timecycle.datasets.io import read_mask
+
+    with pytest.raises(UserError, match="is a folder"):
+        read_mask(tmp_path)
+
+
+# ------------------------------------------------------------------ option values
+
+SIZE_COMMANDS = {
+    "propagate davis": ["propagate", "davis", "--root", "{d}/davis"],
+    "propagate jhmdb": ["propagate", "jhmdb", "--root", "{d}/jhmdb"],
+    "propagate vip": ["propagate", "vip", "--root", "{d}/vip"],
+    "track": ["track", "{d}/video.mp4", "--points", "{d}/points.csv"],
+}
+
+
+@pytest.mark.parametrize("flag", [("--tile", "0"), ("--batch-size", "-1")])
+@pytest.mark.parametrize("command", list(SIZE_COMMANDS))
+def test_sizes_below_one_are_refused_first(command, flag, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [a.format(d=tmp_path) for a in SIZE_COMMANDS[command]]
+    code, _, err = _run(capsys, *argv, "--encoder", "pixel", "--out", out, *flag)
+    assert_one_line_error(code, err, flag[0], "must be >= 1")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("encoder", ["pixel", "identity"])
+def test_a_head_on_a_baseline_is_refused(encoder, synthetic_davis, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = _run(capsys, "propagate", "davis", "--root", synthetic_davis, "--out", out,
+                        "--encoder", encoder, "--head", "yes", "--device", "cpu", "--quiet")
+    assert_one_line_error(code, err, "--head yes", encoder)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags", [
+    ["--short-side", "0"], ["--fps", "0"], ["--radius", "-1"], ["--topk", "0"],
+    ["--temperature", "0"], ["--step", "2", "--max-frames", "1"],
+])
+def test_texture_options_out_of_range(flags, tmp_path, capsys):
+    out = tmp_path / "fig"
+    code, _, err = _run(capsys, "visualize", "texture", "--video", tmp_path / "clip.mp4",
+                        "--encoder", "pixel", "--out", out, *flags)
+    assert_one_line_error(code, err, flags[-2])
+    assert not out.exists()
+
+
+def test_texture_frames_list_without_a_number(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # a usage error, not the default frames 0,5
+        main(["visualize", "texture", "--video", str(tmp_path), "--frames", ",", "--out",
+              str(tmp_path / "fig")])
+    assert exit_.value.code == 2
+    assert "--frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--fps", "0"], ["--fps", "-2"], ["--max-width", "-3"]])
+def test_report_options_out_of_range(flags, tmp_path, capsys):
+    results = tmp_path / "res"
+    results.mkdir()
+    code, _, err = _run(capsys, "report", results, *flags)
+    assert_one_line_error(code, err, flags[0])
+    assert not (results / "report").exists()
+
+
+# ------------------------------------------------------------------ report: damaged files
+
+DAMAGED_RESULTS = {
+    "provenance is a list": ("propagation.json", b"[1, 2]", ["propagation.json", "JSON object"]),
+    "provenance not UTF-8": ("propagation.json", NOT_UTF8, ["propagation.json", "cannot read"]),
+    "scores not UTF-8": ("global_results-val.csv", NOT_UTF8, ["global_results-val.csv"]),
+    "score not a number": ("global_results-val.csv", b"J&F-Mean,J-Mean\nabc,0.5\n",
+                           ["res:", "not in the layout", "abc"]),
+    "nested provenance a list": ("results-val.json", b'{"provenance": [1]}',
+                                 ["res:", "not in the layout"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_RESULTS))
+def test_report_on_damaged_results_files(case, tmp_path, capsys):
+    name, data, needles = DAMAGED_RESULTS[case]
+    results = tmp_path / "res"
+    results.mkdir()
+    (results / name).write_bytes(data)
+    code, _, err = _run(capsys, "report", results, "--format", "gif")
+    assert_one_line_error(code, err, *needles)
+    assert not (results / "report").exists()
+
+
+def test_report_on_a_damaged_jhmdb_prediction(tmp_path, capsys):
+    results = tmp_path / "res"
+    (results / "catch").mkdir(parents=True)
+    (results / "catch" / "video.npy").write_bytes(b"not an npy file")
+    code, _, err = _run(capsys, "report", results, "--format", "gif")
+    assert_one_line_error(code, err, "video.npy", "cannot read the prediction")
+    assert not (results / "report").exists()
+
+
+def _training_run(folder: Path) -> Path:
+    folder.mkdir()
+    rows = [{"step": s, "loss": 1.0 / s, "long": 0.5, "clips_per_s": 2.0} for s in (1, 2)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_training_report_with_undecodable_metrics(tmp_path, capsys):
+    run = _training_run(tmp_path / "run")
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(NOT_UTF8)
+    code, _, err = _run(capsys, "report", run)
+    assert_one_line_error(code, err, "metrics.jsonl", "cannot read the metrics file")
+    assert not (run / "report").exists()
+
+
+def test_training_report_shows_an_undecodable_config_as_text(tmp_path, capsys):
+    run = _training_run(tmp_path / "run")
+    (run / "config.json").write_bytes(NOT_UTF8)
+    code, _, err = _run(capsys, "report", run)
+    assert code == 0, err
+    assert "<h2>Config</h2>" in (run / "report" / "index.html").read_text()
+
+
+# ------------------------------------------------------------------ predictions read back
+
+
+def _points_gt(path: Path) -> Path:
+    path.write_text(json.dumps({"names": ["a", "b"], "frames": [
+        {"frame": 0, "xy": [[1, 2], [3, 4]]}, {"frame": 2, "xy": [[5, 6], [7, 8]]}]}))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["npz archive", "strings"])
+def test_points_prediction_that_is_not_an_array_of_numbers(kind, tmp_path, capsys):
+    pred = tmp_path / "tracks.npy"
+    if kind == "npz archive":
+        with open(pred, "wb") as f:
+            np.savez(f, tracks=np.zeros((3, 2, 2)))
+    else:
+        np.save(pred, np.full((3, 2, 2), "x"))
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "evaluate", "points", "--gt", _points_gt(tmp_path / "gt.json"),
+                        "--pred", pred, "--out", out)
+    assert_one_line_error(code, err, "tracks.npy")
+    assert not out.exists()
+
+
+def test_jhmdb_prediction_that_is_an_npz_archive(tmp_path):
+    from timecycle.metrics.jhmdb import read_prediction
+
+    pred = tmp_path / "video.npy"
+    with open(pred, "wb") as f:
+        np.savez(f, joints=np.zeros((3, 15, 2)))
+    with pytest.raises(UserError, match="video.npy.*npz archive"):
+        read_prediction(pred, 3)
+
+
+# ------------------------------------------------------------------ track: a cut-short video
+
+
+def test_track_refuses_a_video_cut_short(tmp_path, capsys):
+    """A file cut in the middle of its frames (index first, as a streamed mp4) decodes its first
+    frames and then ends quietly: tracking those alone would look like a complete result."""
+    import av
+
+    from timecycle.datasets.synthetic import _video_codec
+    from timecycle.track.inputs import FrameStream
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream(_video_codec(), rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for _ in range(30):  # noise: every frame costs about as many bytes as the others
+            rgb = np.repeat(np.repeat(rng.integers(0, 256, (16, 24, 3), np.uint8), 4, 0), 4, 1)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    data = whole.read_bytes()
+    video = tmp_path / "cut.mp4"
+    video.write_bytes(data[: len(data) * 2 // 3])
+    assert FrameStream(video).first().shape == (64, 96, 3)  # it opens and starts decoding
+    (tmp_path / "points.csv").write_text("id,x,y\na,40,30\n")
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "track", video, "--points", tmp_path / "points.csv", "--encoder",
+                        "pixel", "--device", "cpu", "--out", out, "--quiet")
+    assert_one_line_error(code, err, "cut.mp4", "truncated")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ results read back by evaluate
+
+
+@pytest.mark.parametrize("data, needle", [(NOT_UTF8, "cannot read"), (b"[1, 2]", "JSON object")])
+def test_evaluate_davis_on_a_damaged_provenance_file(data, needle, synthetic_davis, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity")[0] == 0
+    (out / "propagation.json").write_bytes(data)
+    code, _, err = _run(capsys, "evaluate", "davis", "--root", synthetic_davis, "--results", out,
+                        "--quiet")
+    assert_one_line_error(code, err, "propagation.json", needle)
+    assert not (out / "global_results-val.csv").exists()
+
+
+# ------------------------------------------------------------------ JHMDB: frames missing
+
+
+def test_jhmdb_frames_fewer_than_the_annotated_ones(tmp_path, capsys):
+    """A frames folder shorter than its .mat would write a prediction that looks complete and
+    that the evaluation then refuses: the propagation refuses it first, before any work."""
+    import scipy.io
+    from PIL import Image
+
+    root = tmp_path / "jhmdb"
+    frames = root / "Rename_Images" / "catch" / "a"
+    frames.mkdir(parents=True)
+    for t in range(3):  # three frames, five annotated
+        Image.new("RGB", (32, 24), (40 * t, 90, 20)).save(frames / f"{t + 1:05d}.png")
+    mat = root / "joint_positions" / "catch" / "a" / "joint_positions.mat"
+    mat.parent.mkdir(parents=True)
+    scipy.io.savemat(mat, {"pos_img": np.full((2, 15, 5), 10.0)})
+    out = tmp_path / "o"
+    code, _, err = _run(capsys, "propagate", "jhmdb", "--root", root, "--out", out,
+                        "--encoder", "pixel", "--device", "cpu", "--quiet")
+    assert_one_line_error(code, err, "catch/a", "3 frames", "annotates 5")
+    assert not (out / "catch").exists() and not (out / "propagation.json").exists()
