@@ -53,22 +53,21 @@ def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> 
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def check_at_least(args: argparse.Namespace, minimum: float, *flags: str) -> None:
-    """A UserError for the first of `flags` (e.g. "--tile") given below `minimum`: checked
-    before any work, since 0 or a negative size fails deep inside (a division by zero) or is
-    silently replaced."""
+def check_at_least(args: argparse.Namespace, minimum: float, *flags: str,
+                   strict: bool = False) -> None:
+    """A UserError for the first of `flags` (e.g. "--tile") given below `minimum` (with
+    `strict`, not above it): checked before any work, since 0 or a negative size fails deep
+    inside (a division by zero) or is silently replaced."""
     for flag in flags:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None and not value >= minimum:  # `not >=`: NaN is refused too
-            raise UserError(f"{flag} must be >= {minimum:g}, got {value:g}")
+        # `not (...)`: NaN is refused too.
+        if value is not None and not (value > minimum if strict else value >= minimum):
+            raise UserError(f"{flag} must be {'>' if strict else '>='} {minimum:g}, got {value:g}")
 
 
 def check_positive(args: argparse.Namespace, *flags: str) -> None:
     """A UserError for the first of `flags` that is given and is not > 0."""
-    for flag in flags:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None and not value > 0:
-            raise UserError(f"{flag} must be > 0, got {value:g}")
+    check_at_least(args, 0, *flags, strict=True)
 
 
 def start_propagation(args: argparse.Namespace, benchmark: str, protocol, dataset: dict):

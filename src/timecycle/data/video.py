@@ -30,6 +30,9 @@ from PIL import Image
 from timecycle.datasets.io import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm")  # SPEC 5: a folder of mp4/avi/mkv/webm
+# Frames a stream may end before the count its container declares (a count estimated from
+# durations is often a frame or two long); ending earlier means the file is cut short.
+END_SLACK = 2
 
 
 class BadVideoWarning(RuntimeWarning):
@@ -268,7 +271,7 @@ def read_video_frames(
     missing = [w for w in want if w not in frames]
     if missing:
         # Tolerate a count estimated from durations being a frame or two too long.
-        if not frames or missing[0] - last > 2:
+        if not frames or missing[0] - last > END_SLACK:
             raise DecodeError(path, f"video ends at frame {last}, frame {missing[-1]} requested")
         for w in missing:
             frames[w] = frames[max(frames)]

@@ -56,6 +56,21 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
+def read_json_object(path: Path, what: str = "this JSON file") -> dict | None:
+    """The JSON object in `path`, None if there is no such file; a UserError naming the file
+    if it cannot be read, is not UTF-8 JSON, or holds something other than an object (every
+    JSON file timecycle writes holds an object)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise UserError(f"cannot read {what}", path) from None
+    if not isinstance(record, dict):
+        raise UserError(f"{what}: expected a JSON object, found a {type(record).__name__}", path)
+    return record
+
+
 def read_frame(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB."""
     return np.asarray(_open(Path(path)).convert("RGB"))

@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from timecycle.datasets.io import atomic_path
-from timecycle.errors import UserError
 from timecycle.datasets.jhmdb import JhmdbRoot, JhmdbVideo
+from timecycle.errors import UserError
 from timecycle.metrics.jhmdb import RESULT_FILES
 from timecycle.propagation.results import RunStats, SequenceStats, finish_results, start_results
 from timecycle.propagation.keypoints import propagate_keypoints
@@ -73,9 +73,8 @@ def propagate_jhmdb(
     for video, gt in zip(videos, truth):
         # Fewer frames than annotated ones would write a prediction the evaluation refuses.
         if len(video.frames) < len(gt):
-            folder = video.frames[0].parent if video.frames else video.joints_file
             raise UserError(f"{len(video.frames)} frames, but {video.joints_file.name} "
-                            f"annotates {len(gt)}: frames are missing", folder)
+                            f"annotates {len(gt)}: frames are missing", video.frames[0].parent)
     stats = RunStats()
     for video, gt in tqdm(list(zip(videos, truth)), desc="videos", unit="video", disable=not progress):
         start = time.perf_counter()

@@ -11,7 +11,6 @@ frame at the annotation's size, frame 0 a copy of its annotation.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from timecycle.datasets.io import write_json_atomic, write_mask
+from timecycle.datasets.io import read_json_object, write_json_atomic, write_mask
 from timecycle.errors import UserError
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
@@ -101,16 +100,7 @@ def results_folder(results_dir: str | Path, names: Sequence[str], unit: str,
 
 
 def read_provenance(results: Path) -> dict | None:
-    path = Path(results) / PROVENANCE_FILE
-    if not path.is_file():
-        return None
-    try:
-        provenance = json.loads(path.read_text())
-    except (OSError, ValueError):  # ValueError: invalid JSON or not UTF-8
-        raise UserError("cannot read the run's provenance file", path) from None
-    if not isinstance(provenance, dict):
-        raise UserError("the run's provenance file is not a JSON object", path)
-    return provenance
+    return read_json_object(Path(results) / PROVENANCE_FILE, "the run's provenance file")
 
 
 @contextlib.contextmanager

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from timecycle.data.video import END_SLACK, VIDEO_SUFFIXES
 from timecycle.datasets.io import frame_files, read_mask
 from timecycle.errors import UserError
 from timecycle.propagation.video import read_frames
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm")  # SPEC 5's video files
 POINTS_HEADER = ("id", "x", "y")
 
 
@@ -99,9 +99,8 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
         except av.FFmpegError as err:
             raise UserError(f"cannot decode the video ({err})", path) from None
         # With frame threads FFmpeg ends a truncated stream quietly instead of raising: the
-        # outputs would cover its first frames only and look complete. A count off by a frame
-        # or two is tolerated, as `data.video.read_video_frames` does.
-        if declared - count > 2:
+        # outputs would cover its first frames only and look complete.
+        if declared - count > END_SLACK:
             raise UserError(f"the video ends after {count} of the {declared} frames its header "
                             "declares: the file is truncated or damaged", path)
     finally:

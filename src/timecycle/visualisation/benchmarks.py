@@ -10,16 +10,15 @@ Each benchmark has a small adapter that reads its results folder into `Benchmark
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from timecycle.datasets.io import IMAGE_SUFFIXES, read_frame, read_mask
+from timecycle.datasets.io import IMAGE_SUFFIXES, read_frame, read_json_object, read_mask
 from timecycle.errors import UserError
-from timecycle.propagation.results import PROVENANCE_FILE  # written last by every run
+from timecycle.propagation.results import read_provenance  # written last by every run
 from timecycle.visualisation.overlay import fit_pair, fit_width, overlay_mask
 
 REPORT_DIR = "report"  # a results folder's own report, never read as a sequence
@@ -47,18 +46,6 @@ class BenchmarkResults:
     per_label: str = "sequence"  # what one bar is
     reference_label: str = ""
 
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
-        raise UserError("cannot read this JSON file", path) from None
-    if not isinstance(record, dict):  # every results file timecycle writes holds an object
-        raise UserError(f"expected a JSON object, found a {type(record).__name__}", path)
-    return record
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -117,9 +104,9 @@ def _sequence_dirs(results: Path) -> list[str]:
 
 def load_davis(results: Path, root: Path | None, max_width: int) -> BenchmarkResults:
     """DAVIS: scores from the evaluation files (if evaluated), clips from the mask folders."""
-    record = _read_json(results / "results-val.json") or {}
+    record = read_json_object(results / "results-val.json") or {}
     recorded = record.get("provenance", {})
-    prov = _read_json(results / PROVENANCE_FILE) or recorded.get("propagation") or {}
+    prov = read_provenance(results) or recorded.get("propagation") or {}
     notes: list[str] = []
     names = (recorded.get("sequences") or [s["name"] for s in prov.get("sequences", [])]
              or _sequence_dirs(results))
@@ -163,8 +150,8 @@ def _headline(record: dict) -> list[dict]:
 
 def load_vip(results: Path, root: Path | None, max_width: int) -> BenchmarkResults:
     """VIP: mIoU and per-class IoU bars from miou.json; part masks over `<root>/Images/<video>`."""
-    prov = _read_json(results / PROVENANCE_FILE) or {}
-    record = _read_json(results / "miou.json") or {}
+    prov = read_provenance(results) or {}
+    record = read_json_object(results / "miou.json") or {}
     notes = [] if record else [_not_evaluated("vip", results)]
     vip_root = _root(root, prov.get("vip_root"), "VIP", notes)
     per_video = {n: v["mIoU"] for n, v in record.get("per_video", {}).items() if v.get("mIoU") is not None}
@@ -178,8 +165,8 @@ def load_vip(results: Path, root: Path | None, max_width: int) -> BenchmarkResul
 
 def load_jhmdb(results: Path, root: Path | None, max_width: int) -> BenchmarkResults:
     """JHMDB: PCK from pck.json, per-video PCK@0.1 bars; joints over `Rename_Images/<class>/<video>`."""
-    prov = _read_json(results / PROVENANCE_FILE) or {}
-    record = _read_json(results / "pck.json") or {}
+    prov = read_provenance(results) or {}
+    record = read_json_object(results / "pck.json") or {}
     notes = [] if record else [_not_evaluated("jhmdb", results)]
     jhmdb_root = _root(root, prov.get("jhmdb_root"), "JHMDB", notes)
     scores = [{f"PCK@{a}": v for a, v in record["pck"].items()}] if record.get("pck") else []
@@ -221,7 +208,7 @@ ADAPTERS: dict[str, Callable[[Path, Path | None, int], BenchmarkResults]] = {
 
 def detect_benchmark(results: Path) -> str:
     """The benchmark of a results folder: recorded in its provenance, else told by its files."""
-    prov = _read_json(results / PROVENANCE_FILE) or {}
+    prov = read_provenance(results) or {}
     if prov.get("benchmark") in ADAPTERS:
         return prov["benchmark"]
     if (results / "results-val.json").is_file() or (results / "global_results-val.csv").is_file():
