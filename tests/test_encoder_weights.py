@@ -14,6 +14,7 @@ import functools
 import hashlib
 import pathlib
 import pickle
+import subprocess
 import sys
 
 import pytest
@@ -377,3 +378,40 @@ def test_file_sha256_streams_in_chunks(tmp_path):
     path.write_bytes(data)
     assert file_sha256(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
     assert set(FORMATS) == {"native", "torchvision", "crw", "timecycle-official"}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_trunk_is_torchvisions_resnet_to_the_bit(arch):
+    """encoder.blocks builds ResNets without importing torchvision: for one seed its random
+    network is torchvision's (every parameter and buffer, the generator's state after, the
+    forward pass), so a random baseline "as built" is the network it always was."""
+    from timecycle.encoder.blocks import ResNetTrunk
+
+    torch.manual_seed(3)
+    ours = ResNetTrunk(arch)
+    after_ours = torch.get_rng_state()
+    torch.manual_seed(3)
+    theirs = getattr(torchvision.models, arch)(weights=None)
+    assert torch.equal(torch.get_rng_state(), after_ours)
+    want = theirs.state_dict()
+    got = ours.state_dict()
+    assert list(got) == list(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    x = torch.randn(2, 3, 64, 48)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        def trunk(net):
+            return net.layer4(net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+        assert torch.equal(trunk(ours), trunk(theirs))
+
+
+def test_inference_does_not_import_torchvision():
+    """The command line and an encoder for propagation load without torchvision, whose import
+    (torch._dynamo through torchvision.ops) cost every command about a second; only training's
+    walk crops (roi_align) import it, when a clip is cut."""
+    code = ("import sys; from timecycle.cli import build_parser; build_parser(); "
+            "from timecycle.encoder import build_encoder; build_encoder('resnet18'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
 
 from timecycle.data.clips import ClipDataset
 from timecycle.encoder.preprocess import to_tensor
@@ -147,6 +146,8 @@ class WalkDataset(ClipDataset):
         return np.arange(self.config.clip_len) if n >= self.config.clip_len else None
 
     def _make(self, v: int, rng: np.random.Generator) -> dict:
+        from torchvision.ops import roi_align  # here: importing torchvision costs every command ~1 s
+
         cfg = self.config
         clip = self.read_clip(v, rng)
         h, w = clip.shape[1:3]

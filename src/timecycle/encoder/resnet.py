@@ -9,13 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18, resnet50
 
-ARCHS = {
-    # arch: (constructor, channels at layer3)
-    "resnet18": (resnet18, 256),
-    "resnet50": (resnet50, 1024),
-}
+from timecycle.encoder.blocks import ResNetTrunk
+
+# arch -> channels at layer3
+ARCHS = {"resnet18": 256, "resnet50": 1024}
 
 # SPEC 2: the head maps layer3's channels to 512 (1024 -> 512 for ResNet-50).
 HEAD_DIM = 512
@@ -52,10 +50,10 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
-        build, channels = ARCHS[arch]
-        net = build(weights=None)  # never downloads: weights come only from --weights files
-        # Output stride 8: layer3's first block strides in its 3x3 conv (torchvision puts the
-        # stride on conv1 of BasicBlock and conv2 of Bottleneck) and in its downsample branch.
+        channels = ARCHS[arch]
+        net = ResNetTrunk(arch)  # random; weights come only from --weights files
+        # Output stride 8: layer3's first block strides in its 3x3 conv (on conv1 of a
+        # BasicBlock, conv2 of a Bottleneck) and in its downsample branch.
         block = net.layer3[0]
         for conv in (block.conv1, block.conv2, block.downsample[0]):
             conv.stride = (1, 1)
