@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reference_propagation import reference_propagate
+from timecycle.propagation import propagator
 from timecycle.propagation.propagator import LabelPropagator
 from timecycle.propagation.protocols import CRW, DINO, PROTOCOLS, TIMECYCLE
 from timecycle.propagation.resize import downsample_label, frame_size, label_to_ids, minmax
@@ -28,7 +29,11 @@ def _small(name: str):
 
 @pytest.mark.parametrize("name", list(PROTOCOLS))
 @pytest.mark.parametrize("tile", [3, 8])
-def test_fast_equals_reference(name: str, tile: int) -> None:
+@pytest.mark.parametrize("products", ["onednn", "batched"])
+def test_fast_equals_reference(name: str, tile: int, products: str, monkeypatch) -> None:
+    # "onednn": the CPU's products as oneDNN convolutions; "batched": one bmm per tile row,
+    # the CUDA path (and a CPU without oneDNN), run here on the CPU.
+    monkeypatch.setattr(propagator, "onednn_products", lambda t: products == "onednn")
     p = _small(name)
     feats = _video(8, 16, 13, 19)
     label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
@@ -51,7 +56,7 @@ def test_reused_buffers_do_not_leak_into_earlier_labels(name: str) -> None:
     outs, ptrs = [], set()
     for t in range(1, feats.shape[0]):
         outs.append(prop.step(feats[t]))
-        ptrs.add(prop.scratch["aff"].data_ptr())
+        ptrs.add(prop.scratch["allowed"].data_ptr())
     assert len(ptrs) == 1
     for t, out in enumerate(outs):
         torch.testing.assert_close(out, ref[t], atol=2e-5, rtol=1e-4)

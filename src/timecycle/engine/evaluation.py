@@ -13,7 +13,6 @@ figure is `timecycle propagate davis ... --evaluate` on a checkpoint.
 
 from __future__ import annotations
 
-import copy
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -106,13 +105,13 @@ class DavisProxy:
     def score(self, encoder: nn.Module | None, device: torch.device,
               per_sequence: bool = False) -> dict:
         """J&F, J and F means of `encoder` (None: the identity baseline). The encoder is not
-        modified: a copy is put in eval mode. `per_sequence` adds {"sequences": {name: J&F}}."""
+        modified. `per_sequence` adds {"sequences": {name: J&F}}."""
         from timecycle.metrics.davis_eval import evaluate_davis
         from timecycle.propagation.davis import propagate_davis
         from timecycle.propagation.video import FrameEncoder
 
-        frame_encoder = None if encoder is None else FrameEncoder(
-            copy.deepcopy(encoder), self.protocol, device)
+        # FrameEncoder works on its own (BatchNorm-folded, eval-mode) copy.
+        frame_encoder = None if encoder is None else FrameEncoder(encoder, self.protocol, device)
         out = Path(tempfile.mkdtemp(prefix="pred-", dir=self._tmp))
         try:
             propagate_davis(self.root, self.names, out, frame_encoder, self.protocol,

@@ -57,7 +57,7 @@ class LabelPropagator:
         # CRW reads frame 0 without restriction (its "long memory"): it is kept apart, flat.
         # Otherwise frame 0 sits in slot 0 and is read like the other context frames.
         self.first_apart = self.geo is not None and not protocol.restrict_first
-        self.feat0 = feat0.flatten(1)  # (C, hw)
+        self.feat0 = feat0.flatten(1).T.contiguous()  # (hw, C): a row per key, like label0
         self.label0 = label0.flatten(1).T.contiguous()  # (hw, K)
         self.n0 = 0 if self.first_apart else 1
         slots = self.n0 + protocol.n_context
@@ -78,8 +78,8 @@ class LabelPropagator:
         # On CUDA the windowed step is replayed as one CUDA graph (see `_replay`).
         self.graph = cuda_graph and self.geo is not None and feat0.is_cuda
         self._replayed: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
-        # The windowed step's large intermediates, reused from frame to frame (`reuse`) on the
-        # CPU only: CUDA's caching allocator already recycles blocks, and a CUDA graph keeps
+        # The windowed step's large intermediates (the allowed keys' affinities; with batched
+        # products also the products), reused from frame to frame (`reuse`) on the CPU only: CUDA's caching allocator already recycles blocks, and a CUDA graph keeps
         # its own pool, so there nothing is gained and a capture stays as it was measured.
         self.scratch: dict[str, torch.Tensor] | None = None if feat0.is_cuda else {}
         if self.n0:
@@ -191,6 +191,28 @@ def reuse(scratch: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, 
     return buf
 
 
+def onednn_products(t: torch.Tensor) -> bool:
+    """Whether the windowed step's products run as oneDNN 1x1 convolutions (`conv_dots`): on
+    the CPU, when PyTorch has oneDNN. Why: PyTorch's CPU matrix products go to MKL, which on
+    this project's AMD machines ran at ~200 GFLOP/s where oneDNN's convolutions reached
+    ~450 on the same 2 cores; the step ran 0.53 -> 0.33 s on car-shadow's shapes. CUDA keeps
+    cuBLAS (and its CUDA graph)."""
+    return t.device.type == "cpu" and torch.backends.mkldnn.is_available()
+
+
+def conv_dots(image: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """(P, C) x (F, C) -> (F, P) dot products as a 1x1 convolution of a P x 1 image with C
+    channels (channels last: `image` is read in place, so it must be contiguous) by F filters.
+    The result is a view whose memory is (P, F): `.T` of it is contiguous.
+
+    oneDNN reorders the filters on every call, so `filters` should be the smaller operand
+    when the product is repeated (the windowed keys are the image, the 36 queries the filters).
+    """
+    p, c = image.shape
+    x = image.view(1, p, 1, c).permute(0, 3, 1, 2)  # (1, C, P, 1), channels last
+    return F.conv2d(x, filters.reshape(filters.shape[0], c, 1, 1))[0, :, :, 0]
+
+
 def per_frame_topk(
     q: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, k: int, temperature: float
 ) -> torch.Tensor:
@@ -248,9 +270,13 @@ def windowed_joint_topk(
 
     q: (C, h, w) normalised query; feats: (n_tx, Hp, S, win, C+1) and labels:
     (n_tx, Hp, S, win, K) the S context slots as interleaved strips (windows.py); index:
-    (t*t, S*V) `slot_index`; first: optional ((C, h*w), (h*w, K)) frame read without
+    (t*t, S*V) `slot_index`; first: optional ((h*w, C), (h*w, K)) frame read without
     restriction (CRW's frame 0); scratch: buffers kept between calls (`reuse`). Returns
     (K, h, w).
+
+    On the CPU (`onednn_products`) each strip's product is one oneDNN convolution whose
+    allowed keys are gathered straight from its output; elsewhere a tile row is one batched
+    product into a buffer, then one gather.
     """
     c, h, w = q.shape
     n_tx, _, slots, win, c1 = feats.shape
@@ -260,21 +286,32 @@ def windowed_joint_topk(
     out = q.new_empty(geo.n_ty, n_tx, t2, kk)
     index = index[None].expand(n_tx, *index.shape)
     tx = torch.arange(n_tx, device=q.device)[:, None, None]
-    aff = reuse(scratch, "aff", (n_tx, t2, win * slots * win), q)
+    onednn = onednn_products(q)
     allowed = reuse(scratch, "allowed", tuple(index.shape), q)
-    if first is not None:
-        f_aff = reuse(scratch, "first", (n_tx, t2, first[0].shape[1]), q)
+    if not onednn:
+        aff = reuse(scratch, "aff", (n_tx, t2, win * slots * win), q)
+        if first is not None:
+            f_aff = reuse(scratch, "first", (n_tx, t2, first[0].shape[0]), q)
     for ty in range(geo.n_ty):
         r0 = ty * geo.tile
         # A tile row's keys in every context frame: one contiguous block per strip (a view).
         keys = feats[:, r0 : r0 + win].reshape(n_tx, win * slots * win, c1)
         labs = labels[:, r0 : r0 + win].reshape(n_tx, win * slots * win, kk)
         qrow = qt[ty]  # (n_tx, t*t, C+1)
-        torch.bmm(qrow, keys.transpose(1, 2), out=aff)  # (n_tx, t*t, win*S*win)
-        vals, sel = torch.gather(aff, 2, index, out=allowed).topk(k, dim=-1)  # allowed keys
+        if onednn:
+            for s in range(n_tx):  # (t*t, win*S*win) products -> allowed keys
+                torch.gather(conv_dots(keys[s], qrow[s]), 1, index[s], out=allowed[s])
+        else:
+            torch.bmm(qrow, keys.transpose(1, 2), out=aff)  # (n_tx, t*t, win*S*win)
+            torch.gather(aff, 2, index, out=allowed)
+        vals, sel = allowed.topk(k, dim=-1)
         cand = labs[tx, torch.gather(index, 2, sel)]  # (n_tx, t*t, k, K)
         if first is not None:
-            f_vals, f_idx = torch.matmul(qrow[..., :c], first[0], out=f_aff).topk(k, dim=-1)
+            if onednn:  # the queries as the image: frame 0's keys outnumber them
+                f_aff = conv_dots(qrow[..., :c].reshape(-1, c), first[0]).T.view(n_tx, t2, -1)
+            else:
+                torch.matmul(qrow[..., :c], first[0].T, out=f_aff)
+            f_vals, f_idx = f_aff.topk(k, dim=-1)
             vals = torch.cat([f_vals, vals], dim=-1)
             cand = torch.cat([first[1][f_idx], cand], dim=2)
             vals, sel = vals.topk(k, dim=-1)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from timecycle.datasets.io import read_frame
+from timecycle.encoder.fold import fold_batchnorm
 from timecycle.encoder.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from timecycle.errors import UserError
 from timecycle.propagation.propagator import LabelPropagator
@@ -138,7 +139,9 @@ class FrameEncoder:
     """
 
     def __init__(self, encoder: nn.Module, protocol: Protocol, device: torch.device, amp: bool = False):
-        self.encoder = encoder.eval().to(device)
+        # A folded copy: the caller's encoder (during training, the network being trained) is
+        # left as it was.
+        self.encoder = fold_batchnorm(encoder).to(device)
         self.protocol = protocol
         self.device = device
         self.amp = amp and device.type == "cuda"
