@@ -256,12 +256,13 @@ def main() -> None:
 
     if args.head:
         head = build_encoder(args.encoder, head=True, seed=0)
-        hfeats, henc = encode(head, protocol, frames)
+        hfeats, _, henc = encode(head, protocol, frames)
         _, hprop, _ = propagate(protocol, hfeats, label0, DEFAULT_TILE)
+        _, plain_prop, _ = propagate(protocol, feats, label0, DEFAULT_TILE)  # unprofiled, as hprop
         plain_c, head_c = feats.shape[1], hfeats.shape[1]
         per = {name: {"channels": c, "encoder_s": e, "propagation_s": p,
                       "channels_per_s": c * targets / (e + p)}
-               for name, c, e, p in (("plain", plain_c, stages["encoder"], stages["propagation"]),
+               for name, c, e, p in (("plain", plain_c, stages["encoder"], plain_prop),
                                      ("head", head_c, henc, hprop))}
         report["head"] = per
         print("\nencoder   channels  encoder s  propagation s  channel-frames/s")
