@@ -225,3 +225,14 @@ def test_a_failed_capture_falls_back_to_eager_steps(monkeypatch) -> None:
     torch.testing.assert_close(first, eager.step(feats[1]), atol=0, rtol=0)
     for t in range(2, 5):
         torch.testing.assert_close(forced.step(feats[t]), eager.step(feats[t]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_query_key_dots_equal_the_matrix_product(onednn: bool, monkeypatch) -> None:
+    monkeypatch.setattr(propagator, "onednn_products", lambda t: onednn)
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(40, 24, generator=g)[::2]  # non-contiguous rows: the function copies them
+    k = torch.randn(33, 24, generator=g)
+    out = propagator.query_key_dots(q, k)
+    assert out.shape == (20, 33) and out.is_contiguous()
+    torch.testing.assert_close(out, q @ k.T, atol=1e-5, rtol=1e-5)

@@ -213,6 +213,14 @@ def conv_dots(image: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, filters.reshape(filters.shape[0], c, 1, 1))[0, :, :, 0]
 
 
+def query_key_dots(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(Q, C) queries x (N, C) keys -> (Q, N) dot products, contiguous: on the CPU a oneDNN
+    convolution with the queries as the image (`onednn_products`), else a matrix product."""
+    if onednn_products(queries):
+        return conv_dots(queries.contiguous(), keys).T
+    return queries @ keys.T
+
+
 def per_frame_topk(
     q: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, k: int, temperature: float
 ) -> torch.Tensor:
@@ -307,8 +315,8 @@ def windowed_joint_topk(
         vals, sel = allowed.topk(k, dim=-1)
         cand = labs[tx, torch.gather(index, 2, sel)]  # (n_tx, t*t, k, K)
         if first is not None:
-            if onednn:  # the queries as the image: frame 0's keys outnumber them
-                f_aff = conv_dots(qrow[..., :c].reshape(-1, c), first[0]).T.view(n_tx, t2, -1)
+            if onednn:
+                f_aff = query_key_dots(qrow[..., :c].reshape(-1, c), first[0]).view(n_tx, t2, -1)
             else:
                 torch.matmul(qrow[..., :c], first[0].T, out=f_aff)
             f_vals, f_idx = f_aff.topk(k, dim=-1)

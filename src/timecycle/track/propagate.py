@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from timecycle.propagation.keypoints import cells_to_joints, keypoint_label, read_keypoints
 from timecycle.propagation.presets import KeypointReadout
-from timecycle.propagation.propagator import LabelPropagator
+from timecycle.propagation.propagator import LabelPropagator, query_key_dots
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
 from timecycle.propagation.video import FrameEncoder
@@ -105,11 +105,11 @@ def soft_argmax_flow(feat: torch.Tensor, feat0: torch.Tensor, temperature: float
     ys, xs = torch.meshgrid(torch.arange(h, device=feat.device), torch.arange(w, device=feat.device),
                             indexing="ij")
     cells = torch.stack([xs.flatten(), ys.flatten()], dim=1).float()  # (h*w, 2), row-major
-    keys, queries = feat0.flatten(1), feat.flatten(1)
+    keys, queries = feat0.flatten(1).T.contiguous(), feat.flatten(1).T.contiguous()  # (h*w, C)
     k = min(topk, h * w)
     source = torch.empty_like(cells)
     for s in range(0, h * w, FLOW_CHUNK):
-        vals, idx = (queries[:, s:s + FLOW_CHUNK].T @ keys).topk(k, dim=1)  # (q, k)
+        vals, idx = query_key_dots(queries[s:s + FLOW_CHUNK], keys).topk(k, dim=1)  # (q, k)
         weights = (vals / temperature).softmax(dim=1)
         source[s:s + FLOW_CHUNK] = (weights[..., None] * cells[idx]).sum(dim=1)
     scale = cells.new_tensor([image_hw[1] / w, image_hw[0] / h])
