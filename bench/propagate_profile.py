@@ -132,6 +132,8 @@ def propagate(protocol, feats: torch.Tensor, label0: torch.Tensor, tile: int,
             if ev.key in GROUPS:  # a labelled range's own time excludes its operators': total
                 sec = (ev.cpu_time_total if ev.key in GROUPS.values() else ev.self_cpu_time_total)
                 groups[GROUPS[ev.key]] = groups.get(GROUPS[ev.key], 0.0) + sec / 1e6
+        if protocol.restrict == "none":  # one product over all the context, no windows
+            groups = {("context product" if g.endswith("product") else g): v for g, v in groups.items()}
         groups["rest"] = seconds - sum(groups.values())
     return outs, seconds, groups
 
@@ -181,6 +183,10 @@ def flops(protocol, encoder, frame_hw: tuple[int, int], feat_shape: tuple[int, i
         with torch.no_grad():
             encoder(torch.zeros(1, 3, *frame_hw))
     c, h, w = feat_shape
+    if protocol.restrict == "none":  # every query against every position of each context frame
+        slots = 1 + protocol.n_context
+        return {"encoder": float(counter.get_total_flops()),
+                "context product": 2.0 * (h * w) ** 2 * slots * c}
     geo = make_geometry(h, w, protocol.radius, protocol.restrict, tile)
     keys = geo.allowed.shape[1]  # keys of a query's disk in one context frame
     n = protocol.n_context
@@ -215,7 +221,7 @@ def main() -> None:
     frames = np.stack(list(read_frames(seq.frames[: args.frames])))
     stages = {"read JPEGs": time.perf_counter() - start}
     encoder = build_encoder(args.encoder, seed=0)
-    feats, _, stages["encoder"] = encode(encoder, protocol, frames)
+    feats, encoded_hw, stages["encoder"] = encode(encoder, protocol, frames)
     ids0, n_obj = seq.first_label()
     label0 = downsample_label(torch.from_numpy(ids0.astype(np.int64)), n_obj + 1, feats.shape[-2:], protocol)
     outs, stages["propagation"], groups = propagate(protocol, feats, label0, DEFAULT_TILE,
@@ -233,8 +239,8 @@ def main() -> None:
 
     rates = gemm_rates()
     rate = max(rates.values())
-    fl = flops(protocol, encoder, tuple(frames.shape[1:3]), tuple(feats.shape[1:]), DEFAULT_TILE)
-    needed = fl["encoder"] + fl["frame 0 product"] + fl["windowed, needed"]
+    fl = flops(protocol, encoder, tuple(encoded_hw), tuple(feats.shape[1:]), DEFAULT_TILE)
+    needed = sum(f for name, f in fl.items() if name != "windowed, computed")
     floor = targets * needed / rate
     report.update(gemm_gflops={k: r / 1e9 for k, r in rates.items()}, flops_per_frame=fl,
                   floor_s=floor)
@@ -245,9 +251,10 @@ def main() -> None:
     print(f"  needed arithmetic over {targets} frames: {floor:.1f} s; measured stages "
           f"{sum(stages.values()):.1f} s ({sum(stages.values()) / floor:.1f}x the floor)")
 
-    tiles = [int(t) for t in args.tiles.split(",")]
+    tiles = [int(t) for t in args.tiles.split(",")] if protocol.restrict != "none" else []
     report["tiles"] = {}
-    print(f"\ntile  step s/frame  max |diff| from tile {DEFAULT_TILE}")
+    if tiles:
+        print(f"\ntile  step s/frame  max |diff| from tile {DEFAULT_TILE}")
     for t in tiles:
         o, s, _ = propagate(protocol, feats, label0, t)
         diff = max(float((a - b).abs().max()) for a, b in zip(o, outs))
