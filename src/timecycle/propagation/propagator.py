@@ -79,8 +79,9 @@ class LabelPropagator:
         self.graph = cuda_graph and self.geo is not None and feat0.is_cuda
         self._replayed: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         # The windowed step's large intermediates (the allowed keys' affinities; with batched
-        # products also the products), reused from frame to frame (`reuse`) on the CPU only: CUDA's caching allocator already recycles blocks, and a CUDA graph keeps
-        # its own pool, so there nothing is gained and a capture stays as it was measured.
+        # products also the products), reused from frame to frame (`reuse`) on the CPU only:
+        # CUDA's caching allocator already recycles blocks, and a CUDA graph keeps its own
+        # pool, so there nothing is gained and a capture stays as it was measured.
         self.scratch: dict[str, torch.Tensor] | None = None if feat0.is_cuda else {}
         if self.n0:
             self._write(0, feat0, label0)
@@ -192,8 +193,8 @@ def reuse(scratch: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, 
 
 
 def onednn_products(t: torch.Tensor) -> bool:
-    """Whether the windowed step's products run as oneDNN 1x1 convolutions (`conv_dots`): on
-    the CPU, when PyTorch has oneDNN. Why: PyTorch's CPU matrix products go to MKL, which on
+    """Whether affinity products (the windowed step's, `query_key_dots`) run as oneDNN 1x1
+    convolutions (`conv_dots`): on the CPU, when PyTorch has oneDNN. Why: PyTorch's CPU matrix products go to MKL, which on
     this project's AMD machines ran at ~200 GFLOP/s where oneDNN's convolutions reached
     ~450 on the same 2 cores; the step ran 0.53 -> 0.33 s on car-shadow's shapes. CUDA keeps
     cuBLAS (and its CUDA graph)."""
