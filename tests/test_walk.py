@@ -148,12 +148,15 @@ def test_frozen_batchnorm_keeps_the_statistics_and_the_test_time_network(data, t
 def test_crw_run_logs_the_probe_and_its_checkpoint_propagates(data, tmp_path):
     cfg = make_config("crw-small", data=[str(data)], out=str(tmp_path / "crw"), short_side=64,
                       crop=64, patch=16, walk_stride=8, batch_size=4, steps=3, workers=0,
-                      fps=None, log_every=1, progress=False, tensorboard=False)
+                      fps=None, log_every=1, probe_every=2, progress=False, tensorboard=False)
     run = train(cfg)
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]
     for r in records:
         assert 0 < r["walk_xent"] < 10 and 0 <= r["walk_acc"] <= 1
+    # The probe every 2nd step and at the last one, not on every log line.
+    assert [r["step"] for r in records if "probe_real" in r] == [2, 3]
+    for r in records[1:]:
         assert r["probe_real"] > 0 and r["probe_unrelated"] > 0
         assert not {"long", "skip", "sim_feature", "sim_inlier"} & set(r)  # TimeCycle's terms
     encoder = ResNetEncoder("resnet18")

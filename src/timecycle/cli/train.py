@@ -86,6 +86,9 @@ def register(sub) -> None:
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="several GPUs: BatchNorm statistics over all GPUs (SyncBatchNorm)")
     p.add_argument("--log-every", type=int, help="steps per metrics.jsonl line")
+    p.add_argument("--probe-every", type=int, metavar="N",
+                   help="steps between the unrelated-frames probes logged with the loss "
+                        "(default 50; 0: never)")
     p.add_argument("--warmup-steps", type=int, help="first steps with the encoder frozen")
     p.add_argument("--query", choices=("patch", "crop"),
                    help="tracked query: the patch encoded alone (paper, default) or the target "
@@ -127,7 +130,8 @@ def config_from_args(args: argparse.Namespace):
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,
         threads=args.threads, compile_cycles=args.compile_cycles,
-        save_every=args.save_every, log_every=args.log_every, warmup_steps=args.warmup_steps,
+        save_every=args.save_every, log_every=args.log_every,
+        probe_every=args.probe_every, warmup_steps=args.warmup_steps,
         seed=args.seed, lr=args.lr, deterministic=args.deterministic, progress=not args.quiet,
     )
     if args.eval_davis is not None:

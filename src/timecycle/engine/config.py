@@ -113,6 +113,11 @@ class TrainConfig:
     save_minutes: float = 10.0  # also refresh last.pt when this long since the last save; 0: off
     keep_last: int = 3  # numbered checkpoints kept besides last.pt
     log_every: int = 10  # steps per metrics.jsonl line
+    # Steps between the unrelated-frames probes (engine/step.py probe_losses; also at the last
+    # step; 0: never). Each costs two no-grad forwards of the step's batch: on every 5-step log
+    # line of the small presets that was 11% of the training time (a probe: 0.54 of a crw-small
+    # step, 0.59 of a small one: train_step vs probe_losses, 2 CPU threads); every 50th: ~1%.
+    probe_every: int = 50
     max_nonfinite: int = 20  # consecutive non-finite losses that stop the run
     progress: bool = True  # tqdm bar
     # Evaluation during training (engine/evaluation.py): a reduced-size DAVIS proxy of the
@@ -171,6 +176,8 @@ class TrainConfig:
             raise UserError(f"epochs must be > 0, got {self.epochs}")
         if self.lr <= 0 or self.workers < 0 or self.warmup_steps < 0 or self.save_minutes < 0:
             raise UserError("need lr > 0, workers >= 0, warmup_steps >= 0 and save_minutes >= 0")
+        if self.probe_every < 0:
+            raise UserError(f"probe_every must be >= 0 (0: never), got {self.probe_every}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
         for size in ("crop", "patch"):

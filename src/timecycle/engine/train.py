@@ -391,13 +391,14 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 world, device)[0] if evaluate else False
             if improved and scores is not None:
                 best_jf = scores["J&F"]
-            if n.step % config.log_every == 0 or last or stopping or evaluate:
+            probe = config.probe_every > 0 and (n.step % config.probe_every == 0 or last)
+            if n.step % config.log_every == 0 or last or stopping or evaluate or probe:
                 record = {"step": n.step, "epoch": n.samples / (n_videos * config.clips_per_video),
                           "samples": n.samples, **meter.summary(),
                           "lr": optimizer.param_groups[0]["lr"], "frozen": bool(frozen)}
                 # The unrelated-frames diagnostic, on this step's last batch (not with
                 # SyncBatchNorm across processes: its forward is a collective).
-                if world.is_main and not (config.sync_bn and world.distributed):
+                if probe and world.is_main and not (config.sync_bn and world.distributed):
                     record.update(probe_losses(model, micro[-1], loss_config, device, amp_dtype))
                 if scores is not None:
                     record.update(eval_jf=scores["J&F"], eval_j=scores["J"], eval_f=scores["F"],
