@@ -43,6 +43,27 @@ def test_fast_equals_reference(name: str, tile: int, products: str, monkeypatch)
         torch.testing.assert_close(prop.step(feats[t]), ref[t - 1], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["exp_direct", "logsumexp", "dense_joint"])
+def test_unrestricted_paths_equal_reference(case: str) -> None:
+    # per_frame_topk takes exp() as it is where 1/T + log(positions) keeps the sums inside
+    # float32 (TimeCycle's T), else exp(top-k - logsumexp); dense_joint_topk (joint top-k with
+    # no window) has no preset of its own.
+    import math
+
+    p = {"exp_direct": _small("timecycle"),
+         "logsumexp": _small("timecycle").replace(temperature=0.01),
+         "dense_joint": CRW.replace(n_context=3, restrict="none")}[case]
+    feats = _video(8, 16, 13, 19)
+    if case != "dense_joint":
+        direct = 1 / p.temperature + math.log(13 * 19) < propagator.EXP_SAFE
+        assert direct == (case == "exp_direct")
+    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    ref = reference_propagate(p, feats, label0)
+    prop = LabelPropagator(p, feats[0], label0)
+    for t in range(1, feats.shape[0]):
+        torch.testing.assert_close(prop.step(feats[t]), ref[t - 1], atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["crw", "dino"])
 def test_reused_buffers_do_not_leak_into_earlier_labels(name: str) -> None:
     # The CPU step writes its intermediates into buffers kept from frame to frame: every label

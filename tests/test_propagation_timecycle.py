@@ -63,13 +63,16 @@ def test_frame0_is_propagated_onto_itself_first() -> None:
     prop = LabelPropagator(SMALL, feats[0], label0)
     f0 = F.normalize(feats[0], dim=0)
     # n + 1 identical context frames average to one frame's weights.
-    self_label = minmax(per_frame_topk(f0, f0[None], label0[None], SMALL.topk, SMALL.temperature),
-                        constant="zero")
+    def rows(x):  # (K, h, w) -> (h*w, K): the propagator's context layout
+        return x.flatten(1).T
+
+    self_label = minmax(per_frame_topk(f0, rows(f0)[None], rows(label0)[None], SMALL.topk,
+                                       SMALL.temperature), constant="zero")
     assert not torch.allclose(self_label, label0, atol=1e-2)
     newest = 1 + (prop.next_slot - 1) % n
-    torch.testing.assert_close(prop.labels[newest], self_label)
+    torch.testing.assert_close(prop.labels[newest], rows(self_label))
     copies = [s for s in range(1, 1 + n) if s != newest]
-    assert all(torch.equal(prop.labels[s], label0) for s in [0, *copies])
+    assert all(torch.equal(prop.labels[s], rows(label0)) for s in [0, *copies])
     # Frames 1..T-1 as TimeCycle's item indexing gives them (tests/reference_propagation.py),
     # and not as a propagation whose context starts with plain copies of frame 0.
     ref = reference_propagate(SMALL, feats, label0)
