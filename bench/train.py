@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from timecycle.data import ClipDataset, build_index, make_loader
     from timecycle.engine.config import make_config
-    from timecycle.engine.runtime import resolve_device
+    from timecycle.engine.runtime import amp_dtype as resolve_amp, resolve_device
     from timecycle.engine.step import train_step
     from timecycle.engine.train import compile_cycles, index_videos, make_optimizer
     from timecycle.tracker import TimeCycle
@@ -78,8 +78,8 @@ def worker(args: argparse.Namespace) -> dict:
     overrides.update(json.loads(args.override) if args.override else {})  # bench/gpu.py --smoke
     config = make_config(args.preset, **{"data": [args.data],
                                          "fps": None if args.generated else 12.0, **overrides})
-    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
-    amp_dtype = torch.bfloat16 if precision == "bf16" else None
+    amp_dtype = resolve_amp(args.precision, device)  # "auto" as a training run resolves it
+    precision = "bf16" if amp_dtype is not None else "fp32"
     # As the engine trains (TrainConfig.channels_last, on for every device).
     channels_last = not args.no_channels_last
     if cuda:

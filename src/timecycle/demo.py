@@ -145,6 +145,7 @@ def probe_step_seconds(cfg: DemoConfig) -> float:
     import torch
 
     from timecycle.engine.distributed import World, resolve_device
+    from timecycle.engine.runtime import amp_dtype
     from timecycle.engine.step import train_step
     from timecycle.engine.train import make_optimizer
     from timecycle.tracker import TimeCycle
@@ -163,7 +164,8 @@ def probe_step_seconds(cfg: DemoConfig) -> float:
     times = []
     for _ in range(2):
         start = time.perf_counter()
-        train_step(model, optimizer, batch, loss_config, config.grad_clip, device)
+        train_step(model, optimizer, batch, loss_config, config.grad_clip, device,
+                   amp_dtype(config.precision, device))  # the precision training will use
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)

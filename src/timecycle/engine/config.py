@@ -90,7 +90,9 @@ class TrainConfig:
 
     # Engine.
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX: 1.5-2.3x per
+    # step here), else fp32 (engine/runtime.py amp_dtype).
+    precision: str = "auto"
     # The faster convolution layout on tensor cores, and for oneDNN on the CPU: on this 2-core
     # machine 1.43x per `full` step (bench/train.py, 2 threads); `small` 10-15% at 1 thread,
     # within the noise at 2 (README, Throughput).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import platform
 import subprocess
 from pathlib import Path
@@ -24,6 +25,39 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but no CUDA GPU is available")
     return device
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's
+    flags) and PyTorch's oneDNN can use it. Without them oneDNN emulates bf16 and may run
+    slower than fp32; other systems than Linux report False (fp32 stays)."""
+    try:
+        flags = set()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training run, None for fp32.
+
+    "auto": bf16 on CUDA, and on CPUs that compute bf16 natively (`cpu_has_native_bf16`): on
+    this project's 2-core AMD EPYC (AVX512-BF16) a training step ran 1.5-1.65x faster for
+    `crw-small`, 1.8x for `small` and 2.3x for `full` (fp32 vs bf16 autocast, interleaved,
+    2 threads, channels last). Elsewhere fp32.
+    """
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return None
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return torch.bfloat16 if native else None
 
 
 def git_revision() -> str | None:

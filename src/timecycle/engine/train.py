@@ -81,7 +81,7 @@ from timecycle.engine import distributed
 from timecycle.engine.config import TrainConfig, check_resumable, resolve_compile
 from timecycle.engine.distributed import World
 from timecycle.engine.logging import TERMS, WALK_TERMS, Meter, MetricsLog
-from timecycle.engine.runtime import environment
+from timecycle.engine.runtime import amp_dtype as resolve_amp, environment
 from timecycle.engine.step import StepResult, freeze_batchnorm, probe_losses, train_step
 from timecycle.errors import UserError
 from timecycle.losses import LossConfig
@@ -288,8 +288,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     n_videos = len(dataset.videos)
     total_steps = config.total_steps(n_videos, world.size)
     clips_per_step = config.clips_per_step(world.size)
-    amp_dtype = torch.bfloat16 if config.precision == "bf16" or (
-        config.precision == "auto" and device.type == "cuda") else None
+    amp_dtype = resolve_amp(config.precision, device)
     model, optimizer, n = _build(config, loss_config, device, world, state, compile_mode)
     if compile_mode != "off" and world.is_main:
         # torch.compile is lazy: the first step compiles (forward and backward), and the first
