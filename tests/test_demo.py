@@ -98,3 +98,8 @@ def test_estimate_counts_only_the_stages_that_run():
     assert list(clip) == ["propagate", "report"]
     longer = estimate_seconds(DemoConfig(weights="w.pt"), step_s=2.0, clip={**frames, "frames": 500})
     assert longer["propagate"] > clip["propagate"]
+    # A faster training precision (bf16) shortens training only: propagation runs in fp32.
+    bf16 = estimate_seconds(DemoConfig(steps=100), step_s=2.0, train_step_s=1.0)
+    assert bf16["train"] == synthetic["train"] / 2
+    assert {k: v for k, v in bf16.items() if k != "train"} == \
+        {k: v for k, v in synthetic.items() if k != "train"}
