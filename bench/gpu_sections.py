@@ -143,8 +143,7 @@ def encoder_fps(encoder, device, hw: tuple[int, int], bf16: bool, batch: int,
     x = torch.randn(batch, 3, *hw, device=device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    amp = bf16 and device.type == "cuda"  # FrameEncoder's rule
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for _ in range(3):
             encoder(x)
         _sync(device)
@@ -197,9 +196,7 @@ def propagation(p: dict, rec: Record) -> None:
         protocol = protocols[name.removesuffix("-head")]
         bf16 = precision == "bf16"
         features = "bf16 autocast encoder, fp32 affinities" if bf16 else "fp32"
-        if device.type != "cuda" and bf16:
-            features += " (autocast is CUDA-only: fp32)"
-        elif device.type == "cuda" and not bf16 and torch.backends.cudnn.allow_tf32:
+        if device.type == "cuda" and not bf16 and torch.backends.cudnn.allow_tf32:
             features += " (cuDNN's default TF32 convolutions)"
         row = {"protocol": name, "precision": precision, "device": str(device),
                "features": features,

@@ -79,6 +79,33 @@ def test_random_resnet_runs_and_records_provenance(synthetic_davis, tmp_path, ca
     assert prov["sequences"][0]["name"] == "synth00"
 
 
+def test_bf16_features_are_recorded_and_close_to_fp32(synthetic_davis, tmp_path, capsys):
+    import torch
+
+    from timecycle.encoder import build_encoder
+    from timecycle.propagation.protocols import CRW
+    from timecycle.propagation.video import FrameEncoder
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        code, _, err = _propagate(capsys, synthetic_davis, out, "--encoder", "resnet18",
+                                  "--sequences", "synth00", "--precision", precision,
+                                  "--evaluate")
+        assert code == 0, err
+        assert json.loads((out / "propagation.json").read_text())["precision"] == precision
+        runs[precision] = json.loads((out / "results-val.json").read_text())
+    jf = [r["global"]["J&F-Mean"] for r in runs.values()]
+    assert abs(jf[0] - jf[1]) < 0.02
+    # The encoder really ran in bf16 on the CPU: close to fp32, not equal to it.
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    enc = build_encoder("resnet18", seed=0).eval()
+    f32, _ = FrameEncoder(enc, CRW, torch.device("cpu"))(frames)
+    f16, _ = FrameEncoder(enc, CRW, torch.device("cpu"), amp=True)(frames)
+    assert f16.dtype == torch.float32 and not torch.equal(f16, f32)
+    assert torch.nn.functional.cosine_similarity(f16, f32, dim=1).min() > 0.99
+
+
 def test_evaluate_rescores_and_never_reuses_stale_results(synthetic_davis, tmp_path, capsys):
     out = tmp_path / "res"
     assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity", "--evaluate")[0] == 0
