@@ -20,6 +20,12 @@ def _video(t: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([base[:, :, i : i + w] + 0.3 * torch.randn(c, h, w, generator=g) for i in range(t)])
 
 
+def _label0() -> torch.Tensor:
+    """A soft 3-class label on the 13 x 19 map of the reference comparisons."""
+    g = torch.Generator().manual_seed(1)
+    return torch.softmax(3 * torch.randn(3, 13, 19, generator=g), 0)
+
+
 def _small(name: str):
     # Shrink context and radius so that restriction, padding and the context ring all matter
     # on a small map (radius 4 on 13x19 cuts most keys; n_context 3 < T wraps the ring).
@@ -36,7 +42,7 @@ def test_fast_equals_reference(name: str, tile: int, products: str, monkeypatch)
     monkeypatch.setattr(propagator, "onednn_products", lambda t: products == "onednn")
     p = _small(name)
     feats = _video(8, 16, 13, 19)
-    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    label0 = _label0()
     ref = reference_propagate(p, feats, label0)
     prop = LabelPropagator(p, feats[0], label0, tile=tile)
     for t in range(1, feats.shape[0]):
@@ -57,7 +63,7 @@ def test_unrestricted_paths_equal_reference(case: str) -> None:
     if case != "dense_joint":
         direct = 1 / p.temperature + math.log(13 * 19) < propagator.EXP_SAFE
         assert direct == (case == "exp_direct")
-    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    label0 = _label0()
     ref = reference_propagate(p, feats, label0)
     prop = LabelPropagator(p, feats[0], label0)
     for t in range(1, feats.shape[0]):
@@ -214,7 +220,7 @@ def test_frames_are_read_in_order_and_a_wrong_size_names_its_file(tmp_path) -> N
 def test_cuda_graph_step_equals_the_eager_step(name: str) -> None:
     p = _small(name)
     feats = _video(8, 16, 13, 19).cuda()
-    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    label0 = _label0()
     graph = LabelPropagator(p, feats[0], label0.cuda(), tile=3)
     eager = LabelPropagator(p, feats[0], label0.cuda(), tile=3, cuda_graph=False)
     assert graph.graph and not eager.graph
@@ -234,7 +240,7 @@ def test_a_failed_capture_falls_back_to_eager_steps(monkeypatch) -> None:
     monkeypatch.setattr(propagator, "capture", fail)
     p = _small("crw")
     feats = _video(5, 16, 13, 19)
-    label0 = torch.softmax(3 * torch.randn(3, 13, 19, generator=torch.Generator().manual_seed(1)), 0)
+    label0 = _label0()
     eager = LabelPropagator(p, feats[0], label0, tile=3)
     assert not eager.graph  # never on the CPU
     forced = LabelPropagator(p, feats[0], label0, tile=3)

@@ -84,8 +84,8 @@ def start_propagation(args: argparse.Namespace, benchmark: str, protocol, datase
 
     device = resolve_device(args.device)
     encoder, enc_info = load_encoder(args)
-    bf16 = args.precision == "bf16"
-    frame_encoder = None if encoder is None else FrameEncoder(encoder, protocol, device, amp=bf16)
+    frame_encoder = None if encoder is None else FrameEncoder(
+        encoder, protocol, device, amp=args.precision == "bf16")
     provenance = {"benchmark": benchmark, "protocol": protocol.to_dict(), **enc_info, **dataset,
                   "precision": args.precision if encoder is not None else "fp32",
                   "environment": environment(device)}

@@ -68,7 +68,8 @@ def register(sub) -> None:
     length.add_argument("--epochs", type=float,
                         help="passes of clips-per-video clips of every video (full: 30)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 autocast on CUDA and on CPUs with native bf16 "
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 "
                         "(AVX512-BF16/AMX), else fp32")
     p.add_argument("--resume", action="store_true",
                    help="continue the newest complete checkpoint of RUN")

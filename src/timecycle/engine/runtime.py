@@ -41,7 +41,8 @@ def cpu_has_native_bf16() -> bool:
                     break
     except OSError:
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (bool(flags & {"avx512_bf16", "amx_bf16"})
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -199,10 +199,10 @@ def reuse(scratch: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, 
 
 def onednn_products(t: torch.Tensor) -> bool:
     """Whether affinity products (the windowed step's, `query_key_dots`) run as oneDNN 1x1
-    convolutions (`conv_dots`): on the CPU, when PyTorch has oneDNN. Why: PyTorch's CPU matrix products go to MKL, which on
-    this project's AMD machines ran at ~200 GFLOP/s where oneDNN's convolutions reached
-    ~450 on the same 2 cores; the step ran 0.53 -> 0.33 s on car-shadow's shapes. CUDA keeps
-    cuBLAS (and its CUDA graph)."""
+    convolutions (`conv_dots`): on the CPU, when PyTorch has oneDNN. Why: PyTorch's CPU
+    matrix products go to MKL, which on this project's AMD machines ran at ~200 GFLOP/s where
+    oneDNN's convolutions reached ~450 on the same 2 cores; the step ran 0.53 -> 0.33 s on
+    car-shadow's shapes. CUDA keeps cuBLAS (and its CUDA graph)."""
     return t.device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
