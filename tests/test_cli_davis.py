@@ -106,6 +106,24 @@ def test_bf16_features_are_recorded_and_close_to_fp32(synthetic_davis, tmp_path,
     assert torch.nn.functional.cosine_similarity(f16, f32, dim=1).min() > 0.99
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_an_emulating_cpu_is_noted_and_recorded(native, synthetic_davis, tmp_path,
+                                                        capsys, monkeypatch):
+    from timecycle.engine import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    out = tmp_path / "res"
+    # Without --quiet, so that the note is printed.
+    code, _, err = _run(capsys, "propagate", "davis", "--root", str(synthetic_davis), "--out",
+                        str(out), "--device", "cpu", "--encoder", "resnet18", "--sequences",
+                        "synth00", "--precision", "bf16")
+    assert code == 0, err
+    noted = "timecycle: note: bf16 on this CPU is emulated" in err
+    assert noted == (not native)
+    recorded = json.loads((out / "propagation.json").read_text()).get("notes", [])
+    assert len(recorded) == (0 if native else 1)
+
+
 def test_evaluate_rescores_and_never_reuses_stale_results(synthetic_davis, tmp_path, capsys):
     out = tmp_path / "res"
     assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity", "--evaluate")[0] == 0

@@ -354,6 +354,17 @@ def test_precision_auto_is_bf16_where_the_device_computes_it(native, data, tmp_p
     assert resolved == ("torch.bfloat16" if native else "fp32")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_bf16_on_an_emulating_cpu_is_noted(native, data, tmp_path, monkeypatch, capsys):
+    from timecycle.engine import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    train(tiny(data, tmp_path, steps=1, precision="bf16", deterministic=False))
+    assert ("bf16 on this CPU is emulated" in capsys.readouterr().err) == (not native)
+    assert runtime.emulated_bf16_note(None, torch.device("cpu")) is None  # fp32: nothing to say
+    assert runtime.emulated_bf16_note(torch.bfloat16, torch.device("cuda")) is None
+
+
 def test_native_bf16_detection_reads_the_cpu_flags(tmp_path, monkeypatch):
     from timecycle.engine import runtime
 

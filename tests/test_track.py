@@ -147,6 +147,21 @@ def test_page_record_and_overlay(tracked):
     assert not list(tracked.glob(".*"))  # no temporary or partial files left
 
 
+def test_bf16_features_track_as_fp32_does(clip, tracked, tmp_path, capsys, one_thread):
+    out = tmp_path / "bf16"
+    code, _, err = _run(capsys, "track", str(clip / "frames"), "--points",
+                        str(clip / "points.csv"), "--encoder", "resnet18", "--out", str(out),
+                        "--device", "cpu", "--precision", "bf16", "--quiet")
+    assert code == 0, err
+    assert json.loads((tracked / "track.json").read_text())["precision"] == "fp32"
+    assert json.loads((out / "track.json").read_text())["precision"] == "bf16"
+    bf16, fp32 = np.load(out / "tracks.npy"), np.load(tracked / "tracks.npy")
+    # The same cells, give or take one (8 px), at every frame.
+    assert np.abs(bf16 - fp32).max() <= 8.0
+    truth = POINTS[None] + np.arange(T)[:, None, None] * np.array(SHIFT)
+    assert np.linalg.norm(bf16 - truth, axis=-1).max() <= 8.0
+
+
 def test_mp4_input_gives_every_frame(tmp_path, capsys, one_thread):
     from timecycle.datasets.synthetic import write_mp4
 

@@ -4,6 +4,7 @@ options, set-up and report that `timecycle propagate davis|jhmdb|vip` share."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from timecycle.datasets.davis import DavisRoot
 from timecycle.encoder import ENCODERS
@@ -41,6 +42,28 @@ def load_encoder(args: argparse.Namespace):
     return load(args.encoder, args.weights, args.head, args.seed)
 
 
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the encoder's arithmetic: fp32 (default: the protocols' reference "
+                        "results) or bf16 autocast (about 2x the encoder's speed on GPUs and on "
+                        "CPUs with native bf16; affinities stay fp32)")
+
+
+def precision_notes(args: argparse.Namespace, device) -> list[str]:
+    """The notes a run records (and prints unless --quiet) about its --precision: bf16 on a CPU
+    that emulates it."""
+    import torch
+
+    from timecycle.engine.runtime import emulated_bf16_note
+
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    notes = [n for n in [emulated_bf16_note(dtype, device)] if n]
+    if not getattr(args, "quiet", False):
+        for note in notes:
+            print(f"timecycle: note: {note}", file=sys.stderr)
+    return notes
+
+
 def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> None:
     """The encoder and the options every `timecycle propagate BENCHMARK` takes."""
     add_encoder_args(p)
@@ -49,10 +72,7 @@ def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> 
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"query tile of restricted windows (default {DEFAULT_TILE})")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="the encoder's arithmetic: fp32 (default: the protocols' reference "
-                        "results) or bf16 autocast (about 2x the encoder's speed on GPUs and on "
-                        "CPUs with native bf16; affinities stay fp32)")
+    add_precision_arg(p)
     p.add_argument("--evaluate", action="store_true", help="score the predictions at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -86,9 +106,12 @@ def start_propagation(args: argparse.Namespace, benchmark: str, protocol, datase
     encoder, enc_info = load_encoder(args)
     frame_encoder = None if encoder is None else FrameEncoder(
         encoder, protocol, device, amp=args.precision == "bf16")
+    precision = args.precision if encoder is not None else "fp32"
     provenance = {"benchmark": benchmark, "protocol": protocol.to_dict(), **enc_info, **dataset,
-                  "precision": args.precision if encoder is not None else "fp32",
-                  "environment": environment(device)}
+                  "precision": precision, "environment": environment(device)}
+    notes = precision_notes(args, device) if encoder is not None else []
+    if notes:
+        provenance["notes"] = notes
     return frame_encoder, provenance
 
 

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from timecycle.cli.common import add_encoder_args, check_at_least
+from timecycle.cli.common import add_encoder_args, add_precision_arg, check_at_least
 from timecycle.datasets.io import output_folder
 from timecycle.propagation.windows import DEFAULT_TILE
 
@@ -33,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"query tile of restricted windows (default {DEFAULT_TILE})")
+    add_precision_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     p.set_defaults(run=run)
 
@@ -56,7 +57,7 @@ def default_weights(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timecycle.cli.common import load_encoder
+    from timecycle.cli.common import load_encoder, precision_notes
     from timecycle.engine.runtime import environment, resolve_device
     from timecycle.errors import UserError
     from timecycle.propagation.video import FrameEncoder
@@ -76,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"timecycle: note: {note}", file=sys.stderr)
         device = resolve_device(args.device)
         encoder, enc_info = load_encoder(args)
+        notes += precision_notes(args, device)
         record = {"command": shlex.join(["timecycle", *getattr(args, "argv", ["track"])]),
                   "protocol": protocol.to_dict(), "protocol_name": args.protocol, **enc_info,
-                  "environment": environment(device), "notes": notes}
-        result = track_video(args.video, args.out, FrameEncoder(encoder, protocol, device),
+                  "precision": args.precision, "environment": environment(device),
+                  "notes": notes}
+        frame_encoder = FrameEncoder(encoder, protocol, device, amp=args.precision == "bf16")
+        result = track_video(args.video, args.out, frame_encoder,
                              protocol, readout, args.mask, args.points, args.flow, record,
                              args.batch_size, args.tile, progress=not args.quiet)
     print(f"tracked {result['frames']} frames in {result['seconds']:.1f} s "

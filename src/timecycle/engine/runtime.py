@@ -61,6 +61,15 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if native else None
 
 
+def emulated_bf16_note(dtype: torch.dtype | None, device: torch.device) -> str | None:
+    """A note for bf16 asked for on a CPU that only emulates it (no AVX512-BF16 or AMX), where
+    it is slower than fp32 rather than faster (oneDNN converts every operand), else None."""
+    if dtype != torch.bfloat16 or device.type != "cpu" or cpu_has_native_bf16():
+        return None
+    return ("bf16 on this CPU is emulated (its flags have neither avx512_bf16 nor amx_bf16): "
+            "expect it to be slower than fp32, not faster")
+
+
 def git_revision() -> str | None:
     """The package's git revision when it runs from a checkout, else None."""
     here = Path(timecycle.__file__).resolve().parent

@@ -81,7 +81,7 @@ from timecycle.engine import distributed
 from timecycle.engine.config import TrainConfig, check_resumable, resolve_compile
 from timecycle.engine.distributed import World
 from timecycle.engine.logging import TERMS, WALK_TERMS, Meter, MetricsLog
-from timecycle.engine.runtime import amp_dtype as resolve_amp, environment
+from timecycle.engine.runtime import amp_dtype as resolve_amp, emulated_bf16_note, environment
 from timecycle.engine.step import StepResult, freeze_batchnorm, probe_losses, train_step
 from timecycle.errors import UserError
 from timecycle.losses import LossConfig
@@ -290,6 +290,9 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     clips_per_step = config.clips_per_step(world.size)
     amp_dtype = resolve_amp(config.precision, device)
     model, optimizer, n = _build(config, loss_config, device, world, state, compile_mode)
+    note = emulated_bf16_note(amp_dtype, device)  # only an explicit --precision bf16 gets here
+    if note and world.is_main:
+        print(f"timecycle: note: {note}", file=sys.stderr, flush=True)
     if compile_mode != "off" and world.is_main:
         # torch.compile is lazy: the first step compiles (forward and backward), and the first
         # logged probe (no grad) once more.
