@@ -401,10 +401,25 @@ def test_cli_trains_and_resumes(data, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())["train"]
     assert (config["preset"], config["arch"], config["fps"], config["steps"], config["query"]) == (
         "small", "resnet18", None, 2, "crop")
-    assert "trained to step 2" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "trained to step 2" in said and "(4 clips in " in said  # 2 steps of 2 clips
     assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet"]) == 0
     assert load_checkpoint(out / "last.pt")["step"] == 3
     assert [r["step"] for r in read_metrics(out)] == [2, 3]  # small logs every 5, and at the end
+
+
+def test_meter_leaves_excluded_time_out_of_the_rate(monkeypatch):
+    from timecycle.engine import logging as metrics_log
+
+    clock = iter([100.0, 110.0])  # reset() at 100 s, summary() at 110 s
+    monkeypatch.setattr(metrics_log.time, "perf_counter", lambda: next(clock))
+    meter = metrics_log.Meter()
+    meter.add({"loss": torch.tensor(1.0)}, clips=8, data_wait=0.0)
+    meter.add({"loss": torch.tensor(3.0)}, clips=8, data_wait=0.0)
+    meter.exclude(6.0)  # an evaluation: 4 of the 10 s were training
+    summary = meter.summary()
+    assert summary["clips_per_s"] == pytest.approx(16 / 4) and summary["step_s"] == 2.0
+    assert summary["loss"] == 2.0
 
 
 def test_cli_missing_data_is_one_line_exit_2(tmp_path, capsys):

@@ -157,8 +157,9 @@ def test_crw_run_logs_the_probe_and_its_checkpoint_propagates(data, tmp_path):
     # The probe every 2nd step and at the last one, not on every log line.
     assert [r["step"] for r in records if "probe_real" in r] == [2, 3]
     for r in records[1:]:
-        assert r["probe_real"] > 0 and r["probe_unrelated"] > 0
+        assert r["probe_real"] > 0 and r["probe_unrelated"] > 0 and r["probe_s"] > 0
         assert not {"long", "skip", "sim_feature", "sim_inlier"} & set(r)  # TimeCycle's terms
+    assert "probe_s" not in records[0]
     encoder = ResNetEncoder("resnet18")
     info = load_weights(encoder, run / "last.pt")
     assert info.format == "native" and info.padding_mode == "reflect"
@@ -185,6 +186,7 @@ def test_evaluation_during_training_logs_keeps_best_and_resumes(data, synthetic_
     assert [r["step"] for r in evals] == [2, 3]  # every 2 steps and at the end
     for r in evals:
         assert 0 <= r["eval_jf"] <= 1 and "first 4 frames" in r["eval_label"]
+        assert r["eval_s"] > 0
     best = max(r["eval_jf"] for r in evals)
     assert evals[-1]["eval_best_jf"] == best
     saved = load_checkpoint(run / "best.pt")

@@ -192,9 +192,15 @@ def run_train(args: argparse.Namespace) -> int:
     records = [r for r in read_metrics(outcome.run_dir) if r.get("loss") is not None]
     if records:
         first, final = records[0], records[-1]
+        overall = outcome.clips / max(outcome.seconds, 1e-9)
         print(f"trained to step {final['step']}: loss {first['loss']:.4f} (step "
               f"{first['step']}) -> {final['loss']:.4f}, {final['clips_per_s']:.2f} clips/s "
-              f"-> {last}")
+              f"training ({outcome.clips} clips in {_duration(outcome.seconds)}, "
+              f"{overall:.2f} clips/s with evaluations, probes and saves) -> {last}")
     else:
         print(f"done -> {last}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

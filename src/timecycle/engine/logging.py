@@ -4,8 +4,11 @@ Each line: {"step", "epoch", "samples", "loss" (the weighted total), "long", "sk
 "sim_feature", "sim_inlier" (each term reduced over its K steps as the loss preset reduces it,
 unweighted), "grad_norm", "clips_per_s", "data_wait_s" (mean seconds per step spent waiting for
 the DataLoader), "step_s" (mean seconds per step), "lr", "nonfinite" (skipped steps in the
-interval), "frozen" (encoder frozen by the warm-up), "time"}. Means are over the interval's
-finite steps; a value with none is null. Lines are appended and flushed as they are written,
+interval), "frozen" (encoder frozen by the warm-up), "time"}; with the unrelated-frames probe
+also "probe_real", "probe_unrelated", "probe_s", with a DAVIS evaluation "eval_jf" ... and
+"eval_s". clips_per_s and step_s count training time only: evaluations and probes are timed
+apart (walk objectives log "walk_xent", "walk_acc" in place of the TimeCycle terms). Means are
+over the interval's finite steps; a value with none is null. Lines are appended and flushed as they are written,
 so a crash loses at most the current interval; on resume, lines after the checkpoint's step
 are dropped (they would be written again).
 """
@@ -44,7 +47,13 @@ class Meter:
         self.nonfinite = 0
         self.clips = 0
         self.data_wait = 0.0
+        self.excluded = 0.0
         self.start = time.perf_counter()
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent on other work than training (a DAVIS evaluation) out of the
+        window's clips/s and step time; the run's whole-session rate is in `Outcome`."""
+        self.excluded += seconds
 
     def add(self, values: dict[str, torch.Tensor] | None, clips: int, data_wait: float) -> None:
         """One step: its detached scalar `values`, or None for a skipped (non-finite) step."""
@@ -60,7 +69,7 @@ class Meter:
             self.sums[k] = self.sums[k] + v if k in self.sums else v
 
     def summary(self) -> dict[str, float | int | None]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        elapsed = max(time.perf_counter() - self.start - self.excluded, 1e-9)
         out: dict[str, float | int | None] = {
             k: _plain(v.item() / self.finite) for k, v in self.sums.items()
         }

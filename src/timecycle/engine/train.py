@@ -142,6 +142,8 @@ class Outcome:
     step: int  # steps done; RUN/last.pt holds this step
     total_steps: int
     stopped: bool  # a stop request ended the run before total_steps
+    clips: int = 0  # clips trained on by this call (all processes), resumed ones not counted
+    seconds: float = 0.0  # its training loop's wall time: steps, evaluations, probes, saves
 
 
 def train(config: TrainConfig, resume: bool = False,
@@ -347,6 +349,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     net, frozen, consecutive, meter = model, None, 0, Meter(
         WALK_TERMS if config.objective == "crw" else TERMS)
     stopped, last_save, batches = False, time.monotonic(), iter(loader)
+    session_start, session_samples = last_save, n.samples
     try:
         while n.step < total_steps:
             t_wait = time.perf_counter()
@@ -385,9 +388,12 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 [stop is not None and stop.is_set(), due], world, device)
             evaluate = config.eval_davis is not None and (
                 n.step % config.eval_every == 0 or last)
-            scores = None
+            scores, eval_s = None, 0.0
             if evaluate and proxy is not None:
+                t_eval = time.perf_counter()
                 scores = proxy.score(model.encoder, device)
+                eval_s = time.perf_counter() - t_eval
+                meter.exclude(eval_s)  # clips/s is the training's own rate
             improved = distributed.agree_any(
                 [scores is not None and (best_jf is None or scores["J&F"] > best_jf)],
                 world, device)[0] if evaluate else False
@@ -400,11 +406,15 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                           "lr": optimizer.param_groups[0]["lr"], "frozen": bool(frozen)}
                 # The unrelated-frames diagnostic, on this step's last batch (not with
                 # SyncBatchNorm across processes: its forward is a collective).
+                # Its time is outside the window: the meter restarts after the record.
                 if probe and world.is_main and not (config.sync_bn and world.distributed):
+                    t_probe = time.perf_counter()
                     record.update(probe_losses(model, micro[-1], loss_config, device, amp_dtype))
+                    record["probe_s"] = time.perf_counter() - t_probe
                 if scores is not None:
                     record.update(eval_jf=scores["J&F"], eval_j=scores["J"], eval_f=scores["F"],
-                                  eval_best_jf=best_jf, eval_label=str(proxy.label))
+                                  eval_best_jf=best_jf, eval_label=str(proxy.label),
+                                  eval_s=eval_s)
                 log.write(record)
                 bar.set_postfix(loss=_fmt(record["loss"]), clips_s=f"{record['clips_per_s']:.1f}")
                 meter.reset()
@@ -421,7 +431,8 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
         log.close()
         if proxy is not None:
             proxy.close()
-    return Outcome(run_dir, n.step, total_steps, stopped)
+    return Outcome(run_dir, n.step, total_steps, stopped, n.samples - session_samples,
+                   time.monotonic() - session_start)
 
 
 def _nonfinite(n: Counters, consecutive: int, result: StepResult, limit: int,
