@@ -26,7 +26,7 @@ import torch
 
 from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
-from timecycle.propagation.video import FrameEncoder, propagate_frames
+from timecycle.propagation.video import FrameEncoder, propagate_frames, to_host
 from timecycle.propagation.windows import DEFAULT_TILE
 
 
@@ -135,9 +135,17 @@ def propagate_keypoints(
 
     outputs: Iterator[tuple[torch.Tensor, tuple[int, int]]]
     outputs = propagate_frames(chain(), first_label, frame_encoder, protocol, batch_size, tile)
+    # One frame behind: frame t's joints are copied back while frame t + 1 is launched, so a
+    # GPU is not drained every frame (`to_host`).
+    pending = None
     for soft, _ in outputs:
         cells = read_keypoints(soft, readout.topk).double()
-        yield cells_to_joints(cells, image_hw, feat_hw[0]).cpu().numpy()
+        joints = to_host(cells_to_joints(cells, image_hw, feat_hw[0]))
+        if pending is not None:
+            yield pending()
+        pending = joints
+    if pending is not None:
+        yield pending()
 
 
 __all__ = [

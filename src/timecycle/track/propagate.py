@@ -13,7 +13,8 @@ Point coordinates here are 0-based (track/inputs.py); the heat maps use `keypoin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.propagator import LabelPropagator, query_key_dots
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
-from timecycle.propagation.video import FrameEncoder
+from timecycle.propagation.video import FrameEncoder, to_host
 from timecycle.propagation.windows import DEFAULT_TILE
 
 # Queries per soft-argmax product: (FLOW_CHUNK x cells of frame 0) floats at a time.
@@ -74,18 +75,19 @@ class FirstLabel:
             parts.append(keypoint_label(joints, self.image_hw, feat_hw, self.readout.sigma))
         return torch.cat([p.float() for p in parts])
 
-    def read(self, soft: torch.Tensor, frame_hw: tuple[int, int]):
-        """A propagated label -> (ids (H, W) uint8 or None, xy (K, 2) or None, score or None)."""
+    def read(self, soft: torch.Tensor, frame_hw: tuple[int, int]) -> Callable[[], tuple]:
+        """A propagated label -> a function giving (ids (H, W) uint8 or None, xy (K, 2) or None,
+        score or None); the copies to the host have started (`to_host`)."""
         ids = xy = score = None
         if self.ids0 is not None:
             hard = label_to_ids(soft[: self.n_mask], self.protocol, frame_hw, self.image_hw)
-            ids = self.id_of[hard].to(torch.uint8).cpu().numpy()
+            ids = to_host(self.id_of[hard].to(torch.uint8))
         if self.xy0 is not None:
             maps = soft[self.n_mask:]
             cells = read_keypoints(maps, self.readout.topk).double()
-            xy = (cells_to_joints(cells, self.image_hw, tuple(soft.shape[-2:])) - 1.0).cpu().numpy()
-            score = maps[1:].flatten(1).max(dim=1).values.double().cpu().numpy()
-        return ids, xy, score
+            xy = to_host(cells_to_joints(cells, self.image_hw, tuple(soft.shape[-2:])) - 1.0)
+            score = to_host(maps[1:].flatten(1).max(dim=1).values.double())
+        return lambda: tuple(None if part is None else part() for part in (ids, xy, score))
 
 
 def soft_argmax_flow(feat: torch.Tensor, feat0: torch.Tensor, temperature: float, topk: int,
@@ -142,17 +144,20 @@ def track_frames(
     """Yield a `FrameResult` for every frame of `frames` ((H, W, 3) uint8, frame 0 first).
 
     ids0: (H, W) uint8 frame 0's object ids; xy0: (K, 2) frame 0's points (0-based pixels).
-    Frame 0's result is its input (score 1, flow 0). Held at once: one batch of frames and the
-    protocol's context, whatever the number of frames.
+    Frame 0's result is its input (score 1, flow 0). Held at once: one batch of frames, the
+    protocol's context and the frame before, whatever the number of frames. Results come one
+    frame behind the work: frame t's copies to the host run while frame t + 1 is launched.
     """
     first: FirstLabel | None = None
     propagator: LabelPropagator | None = None
     feat0 = None
     t = 0
+    pending: Callable[[], FrameResult] | None = None
     for batch in _batches(frames, batch_size):
         feats, size = frame_encoder(np.stack(batch))
         for frame, feat in zip(batch, feats):
             result = FrameResult(t, frame)
+            read = flow_copy = None
             if first is None:
                 first = FirstLabel(ids0, xy0, frame.shape[:2], protocol, readout, frame_encoder.device)
                 propagator = LabelPropagator(protocol, feat, first.label(tuple(feat.shape[-2:])), tile)
@@ -161,16 +166,30 @@ def track_frames(
                 if xy0 is not None:
                     result.xy, result.score = np.asarray(xy0, np.float64), np.ones(len(xy0))
             else:
-                result.ids, result.xy, result.score = first.read(propagator.step(feat), size)
+                read = first.read(propagator.step(feat), size)
             if flow and t == 0:  # every cell of frame 0 comes from itself, by definition
                 result.flow = np.zeros((2, *feat.shape[-2:]), np.float32)
             elif flow:
-                result.flow = soft_argmax_flow(F.normalize(feat.float(), dim=0), feat0,
-                                               protocol.temperature, protocol.topk,
-                                               first.image_hw).cpu().numpy()
-            yield result
+                flow_copy = to_host(soft_argmax_flow(F.normalize(feat.float(), dim=0), feat0,
+                                                     protocol.temperature, protocol.topk,
+                                                     first.image_hw))
+            if pending is not None:
+                yield pending()
+            pending = functools.partial(_complete, result, read, flow_copy)
             t += 1
         del batch, feats
+    if pending is not None:
+        yield pending()
+
+
+def _complete(result: FrameResult, read: Callable[[], tuple] | None,
+              flow_copy: Callable[[], np.ndarray] | None) -> FrameResult:
+    """`result` with the parts whose copies to the host were started filled in."""
+    if read is not None:
+        result.ids, result.xy, result.score = read()
+    if flow_copy is not None:
+        result.flow = flow_copy()
+    return result
 
 
 __all__ = ["FirstLabel", "FrameResult", "soft_argmax_flow", "track_frames"]
