@@ -73,6 +73,8 @@ class FFmpegError(Exception):
 def open(*args, **kwargs):
     raise FFmpegError("PyAV is not installed here: only frame folders can be read")
 '''
+# --smoke hides TensorBoard too (the GPU machine has none): `timecycle train` must run without.
+NOTB = 'raise ImportError("TensorBoard hidden by bench/gpu.py --smoke, as on the GPU machine")\n'
 
 
 def run_section(name: str, params: dict, budget: float, out: Path, env: dict) -> dict:
@@ -157,6 +159,12 @@ def main() -> None:
             (tmp / "noav" / "av.py").write_text(NOAV)
             paths.insert(0, str(tmp / "noav"))
             pyav = "hidden (--smoke: as on the GPU machine)" if args.smoke else "missing"
+        tensorboard = "installed" if importlib.util.find_spec("tensorboard") else "missing"
+        if args.smoke:
+            (tmp / "notb" / "tensorboard").mkdir(parents=True)
+            (tmp / "notb" / "tensorboard" / "__init__.py").write_text(NOTB)
+            paths.insert(0, str(tmp / "notb"))
+            tensorboard = "hidden (--smoke: as on the GPU machine)"
         env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
         if args.smoke:
             env.setdefault("OMP_NUM_THREADS", "1")
@@ -166,6 +174,7 @@ def main() -> None:
             videos, davis = str(Path(args.data) / "videos" / "frames"), str(Path(args.data) / "DAVIS")
             workers = len(os.sched_getaffinity(0))
         params = {**section_params(args, out, videos, davis, workers), "pyav": pyav,
+                  "tensorboard": tensorboard,
                   "train_runs": args.train_runs.split(",") if args.train_runs else None}
         report = {"script": "bench/gpu.py", "smoke": args.smoke, "started": started.isoformat(
             timespec="seconds"), "budget_s": total, "data": args.data if not args.smoke

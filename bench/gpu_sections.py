@@ -104,6 +104,7 @@ def environment(p: dict, rec: Record) -> None:
                   "matmul": torch.backends.cuda.matmul.allow_tf32},
             numpy=version("numpy"), opencv=version("cv2"), scipy=version("scipy"),
             skimage=version("skimage"), pillow=version("PIL"), pyav=p["pyav"],
+            tensorboard=p.get("tensorboard"),
             timecycle_git=provenance()["git"], device=p["device"])
 
 

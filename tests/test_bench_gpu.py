@@ -32,6 +32,7 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     env = report["environment"]
     assert _number(env["cpu_count"]) and env["torch"] and env["torchvision"]
     assert env["pyav"].startswith("hidden")  # the smoke run reads frame folders without PyAV
+    assert env["tensorboard"].startswith("hidden")  # and trains without TensorBoard
 
     prop = report["propagation"]
     runs = {(r["protocol"], r["precision"]): r for r in prop["runs"]}
@@ -70,6 +71,7 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     assert all(r.get("skipped") for r in train if r["compile"] != "none")  # said, not missing
     # `timecycle train` itself at its defaults (no compiling on the CPU); graphs said skipped.
     assert [r["compile"] for r in engine] == ["auto", "graphs"] and engine[1].get("skipped")
+    assert "error" not in engine[0], engine[0]  # e.g. an import the GPU machine lacks
     assert engine[0]["arch"] == "resnet50" and engine[0]["steps"] == 4, engine[0]
     assert engine[0]["clips_per_s"] > 0 and engine[0]["bound_ratio"] > 0
 

@@ -422,6 +422,19 @@ def test_meter_leaves_excluded_time_out_of_the_rate(monkeypatch):
     assert summary["loss"] == 2.0
 
 
+def test_metrics_log_without_tensorboard_notes_it_and_logs_on(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from timecycle.engine.logging import MetricsLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
+    log = MetricsLog(tmp_path, tensorboard=True)
+    log.write({"step": 1, "loss": 0.5})
+    log.close()
+    assert "TensorBoard is not installed" in capsys.readouterr().err
+    assert read_metrics(tmp_path)[0]["loss"] == 0.5 and not (tmp_path / "tb").exists()
+
+
 def test_cli_missing_data_is_one_line_exit_2(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"),
                  "--preset", "small", "--steps", "1"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -110,8 +111,13 @@ class MetricsLog:
         self._drop_after(start_step)
         self.file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # a machine with PyTorch but not TensorBoard: log on without
+                print("timecycle: note: TensorBoard is not installed, so RUN/tb is not written; "
+                      "metrics.jsonl has every value (pip install tensorboard)", file=sys.stderr,
+                      flush=True)
+                return
             # purge_step hides events an interrupted attempt wrote after the checkpoint.
             self.writer = SummaryWriter(str(Path(run_dir) / "tb"),
                                         purge_step=start_step or None)
