@@ -4,6 +4,8 @@ BatchNorm and the unrelated-frames probe."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -169,6 +171,50 @@ def test_crw_run_logs_the_probe_and_its_checkpoint_propagates(data, tmp_path):
     cfg.steps = 4
     train(cfg, resume=True)
     assert load_checkpoint(run / "last.pt")["step"] == 4
+
+
+def test_layer4_head_is_the_trunks_own_layer4_at_stride_one_and_trains_the_encoder():
+    from timecycle.encoder.blocks import ResNetTrunk
+
+    model = ContrastiveWalk.build("resnet18", seed=3, layer4=True).train()
+    torch.manual_seed(3)
+    trunk_layer4 = ResNetTrunk("resnet18").layer4.state_dict()
+    assert all(torch.equal(v, trunk_layer4[k]) for k, v in model.layer4.state_dict().items())
+    convs = [m for m in model.layer4.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.stride == (1, 1) for c in convs)  # videowalk resnet.py modify
+    assert all(c.padding_mode == "reflect" for c in convs if sum(c.padding) > 0)
+    assert model.walk_head.in_features == 512
+    # The same seed builds the same encoder with or without layer4 (the random network as built).
+    plain = ContrastiveWalk.build("resnet18", seed=3)
+    assert plain.layer4 is None and plain.walk_head.in_features == 256
+    assert all(torch.equal(a, b) for a, b in zip(plain.encoder.state_dict().values(),
+                                                 model.encoder.state_dict().values()))
+    patches = torch.randn(2, 3, 4, 3, 32, 32)
+    nodes = model.embed(patches)
+    assert nodes.shape == (2, 3, 4, 128)
+    assert torch.allclose(nodes.norm(dim=-1), torch.ones(2, 3, 4), atol=1e-5)
+    model(patches)["xent"].mean().backward()
+    assert model.encoder.layer3[0].conv1.weight.grad.abs().sum() > 0  # through layer4
+
+
+def test_a_layer4_run_propagates_with_layer3_and_resumes_only_with_layer4(data, tmp_path):
+    from timecycle.engine.config import check_resumable
+    from timecycle.errors import UserError
+
+    cfg = make_config("crw-small", data=[str(data)], out=str(tmp_path / "crw4"), short_side=64,
+                      crop=64, patch=16, walk_stride=8, batch_size=2, steps=1, workers=0,
+                      fps=None, probe_every=0, progress=False, tensorboard=False,
+                      walk_layer4=True)
+    run = train(cfg)
+    state = load_checkpoint(run / "last.pt")["model"]
+    assert any(k.startswith("layer4.") for k in state)
+    encoder = ResNetEncoder("resnet18")
+    info = load_weights(encoder, run / "last.pt")
+    assert {k for k in info.ignored if not k.startswith("layer4.")} == {"walk_head.weight",
+                                                                       "walk_head.bias"}
+    assert all(torch.equal(v, state["encoder." + k]) for k, v in encoder.state_dict().items())
+    with pytest.raises(UserError, match="walk_layer4 True -> False"):
+        check_resumable(cfg, dataclasses.replace(cfg, walk_layer4=False))
 
 
 def test_evaluation_during_training_logs_keeps_best_and_resumes(data, synthetic_davis, tmp_path):

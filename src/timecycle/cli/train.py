@@ -98,6 +98,9 @@ def register(sub) -> None:
     p.add_argument("--batchnorm", choices=("batch", "frozen"),
                    help="batch: clip statistics (SPEC 2, default); frozen: BatchNorm kept in "
                         "eval mode at its initial statistics")
+    p.add_argument("--walk-layer4", action=argparse.BooleanOptionalAction, default=None,
+                   help="objective crw: train through a stride-1 layer4 that propagation drops, "
+                        "as videowalk does (preset crw: on; crw-small: off)")
     p.add_argument("--eval-davis", metavar="ROOT",
                    help="score the encoder on held-out DAVIS sequences during training (a "
                         "reduced-size proxy: crw protocol, --eval-size, first --eval-frames "
@@ -126,6 +129,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = dict(
         data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
         objective=args.objective, loss=args.loss, query=args.query, batchnorm=args.batchnorm,
+        walk_layer4=args.walk_layer4,
         arch=args.arch, short_side=args.short_side,
         crop=args.crop,
         patch=args.patch, batch_size=args.batch_size, accum=args.accum,

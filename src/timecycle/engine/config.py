@@ -74,6 +74,10 @@ class TrainConfig:
     walk_stride: int = 32  # augs.py patch_grid: half a patch
     walk_temperature: float = 0.05  # README: --temp 0.05
     walk_dropout: float = 0.1  # README: --dropout 0.1 (edge dropout)
+    # videowalk trains through layer4 at stride 1 (train-time --remove-layers is empty; resnet.py
+    # modify) and tests on layer3: layer4 is a head dropped at test. False keeps runs made
+    # before this option as they were (their layer3 fed the walk head directly).
+    walk_layer4: bool = False
 
     # Optimisation (SPEC 5).
     batch_size: int = 32  # SPEC 5: 32 (paper; the public code used 36), per process and step
@@ -259,7 +263,7 @@ PRESETS: dict[str, TrainConfig] = {
     # of Kinetics are not reproduced (a constant rate).
     "crw": TrainConfig(
         preset="crw", objective="crw", arch="resnet18", padding="reflect",
-        short_side=256, crop=256, patch=64, fps=8.0,
+        short_side=256, crop=256, patch=64, fps=8.0, walk_layer4=True,
         lr=1e-4, betas=(0.9, 0.999), grad_clip=0.0, batch_size=20, epochs=25.0,
     ),
     # The walk at half the linear size for a CPU: 128 crops, 7 x 7 patches of 32 at stride 16
@@ -275,6 +279,7 @@ PRESETS: dict[str, TrainConfig] = {
 # Fields a resumed run must share with its checkpoint: they define the model or the clip
 # stream. Everything else (steps, device, workers, logging, lr ...) may change on --resume.
 FIXED_ON_RESUME = ("objective", "arch", "padding", "loss", "query", "batchnorm", "walk_len",
+                   "walk_layer4",
                    "walk_stride", "short_side", "crop", "patch", "fps", "batch_size",
                    "seed", "clips_per_video")
 

@@ -207,7 +207,8 @@ def build_model(config: TrainConfig, loss_config: LossConfig | None = None) -> t
     if config.objective == "crw":
         return ContrastiveWalk.build(config.arch, config.seed, config.padding,
                                      temperature=config.walk_temperature,
-                                     edge_dropout=config.walk_dropout)
+                                     edge_dropout=config.walk_dropout,
+                                     layer4=config.walk_layer4)
     model = TimeCycle.build(config.arch, loss_config or config.loss_config(), config.crop,
                             config.patch, config.seed)
     model.encoder.set_padding_mode(config.padding)

@@ -8,9 +8,12 @@ the way back a row softmax of A_t^T / tau. A palindrome of length k walks k step
 k back; its loss is the cross-entropy of arriving where it started.
 
 What propagation keeps is `encoder` alone (its dense stride-8 map, layer3); the head only
-shapes training. videowalk trains through layer4 too (train-time --remove-layers is empty) and
-tests on layer3; here the encoder ends at layer3 in both, as the checkpoints propagation loads
-need no layer4 and a CPU step is ~4x cheaper without it (stated with every result).
+shapes training. videowalk trains through layer4 too (train-time --remove-layers is empty;
+resnet.py `modify` sets layer3's and layer4's strides to 1) and tests on layer3: layer4 is then
+part of the head, and layer3 is never asked to be the walk's embedding itself (the features
+before a dropped head keep more than the loss needs, as SimCLR's projection head found).
+`layer4=True` does that (preset `crw`); without it layer3 feeds the linear head directly, a
+~3.5x cheaper CPU step (preset `crw-small`, and every run made before the option).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timecycle.encoder import build_encoder
+from timecycle.encoder.blocks import ResNetTrunk
 from timecycle.losses.walk import walk_cross_entropy
 
 # model.py EPS: log(A + EPS) keeps the cross-entropy finite where a walk put no mass.
@@ -38,25 +42,45 @@ class ContrastiveWalk(nn.Module):
         embed_dim: node embedding size (model.py make_head: 128).
         temperature: tau of the transitions (README command: --temp 0.05).
         edge_dropout: probability of dropping each affinity entry (README: --dropout 0.1).
+        layer4: optional (N, C, h, w) -> (N, C4, h, w) module between the encoder and the
+            head, trained and dropped at test (videowalk's stride-1 layer4); see `build`.
     """
 
     def __init__(self, encoder: nn.Module, embed_dim: int = 128, temperature: float = 0.05,
-                 edge_dropout: float = 0.1):
+                 edge_dropout: float = 0.1, layer4: nn.Module | None = None):
         super().__init__()
         if temperature <= 0 or not 0 <= edge_dropout < 1:
             raise ValueError(f"need temperature > 0 and 0 <= edge_dropout < 1, got "
                              f"{temperature}, {edge_dropout}")
         self.encoder = encoder
-        self.walk_head = nn.Linear(encoder.out_channels, embed_dim)
+        self.layer4 = layer4
+        channels = encoder.out_channels
+        if layer4 is not None:  # a block's last BatchNorm (bn2 / bn3) has its output channels
+            channels = [m for m in layer4.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        self.walk_head = nn.Linear(channels, embed_dim)
         self.temperature, self.edge_dropout = temperature, edge_dropout
 
     @classmethod
     def build(cls, arch: str = "resnet18", seed: int = 0, padding: str = "reflect",
-              **kwargs) -> ContrastiveWalk:
-        """A randomly initialised walker; `padding` "reflect" as videowalk's scratch ResNet."""
+              layer4: bool = False, **kwargs) -> ContrastiveWalk:
+        """A randomly initialised walker; `padding` "reflect" as videowalk's scratch ResNet.
+
+        With `layer4`, the trunk's own layer4 (the one the encoder drops: the same seed draws
+        the same network, as videowalk's one ResNet) at stride 1 with the same padding.
+        """
         encoder = build_encoder(arch, head=False, seed=seed)
         encoder.set_padding_mode(padding)
-        return cls(encoder, **kwargs)
+        extra = None
+        if layer4:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                extra = ResNetTrunk(arch).layer4
+            for m in extra.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.stride = (1, 1)
+                    if sum(m.padding) > 0:
+                        m.padding_mode = padding
+        return cls(encoder, layer4=extra, **kwargs)
 
     def set_encoder_trainable(self, trainable: bool) -> None:
         """Freeze (False) or unfreeze the encoder's parameters (the engine's warm-up)."""
@@ -67,6 +91,8 @@ class ContrastiveWalk(nn.Module):
         """(B, T, N, 3, P, P) -> (B, T, N, D) node embeddings, unit over D (pixels_to_nodes)."""
         b, t, n = patches.shape[:3]
         maps = self.encoder(patches.flatten(0, 2))  # one call: BatchNorm pools all patches
+        if self.layer4 is not None:
+            maps = self.layer4(maps)
         feats = self.walk_head(maps.mean(dim=(-2, -1)))
         return F.normalize(feats, dim=-1).view(b, t, n, -1)
 
