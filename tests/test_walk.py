@@ -213,6 +213,8 @@ def test_a_layer4_run_propagates_with_layer3_and_resumes_only_with_layer4(data, 
     assert {k for k in info.ignored if not k.startswith("layer4.")} == {"walk_head.weight",
                                                                        "walk_head.bias"}
     assert all(torch.equal(v, state["encoder." + k]) for k, v in encoder.state_dict().items())
+    with pytest.raises(UserError, match="has no walk"):
+        make_config("small", walk_layer4=True)
     with pytest.raises(UserError, match="walk_layer4 True -> False"):
         check_resumable(cfg, dataclasses.replace(cfg, walk_layer4=False))
 

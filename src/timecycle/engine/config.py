@@ -165,6 +165,9 @@ class TrainConfig:
         if self.compile_cycles in ("on", "graphs") and self.objective != "timecycle":
             raise UserError("--compile-cycles compiles the TimeCycle tracker; the walk "
                             f"objective {self.objective!r} has no cycles")
+        if self.walk_layer4 and self.objective != "crw":
+            raise UserError("--walk-layer4 trains the walk through layer4; the objective "
+                            f"{self.objective!r} has no walk (use --objective crw)")
         if self.batchnorm not in BATCHNORMS:
             raise UserError(f"unknown --batchnorm {self.batchnorm!r}; choose from "
                             f"{', '.join(BATCHNORMS)}")
