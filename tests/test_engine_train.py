@@ -323,12 +323,34 @@ def test_warmup_freezes_the_encoder_only(data, tmp_path):
     assert all(r["frozen"] for r in read_metrics(run))
 
 
-def test_stop_request_saves_and_returns(data, tmp_path):
+def test_stop_request_saves_and_returns(data, synthetic_davis, tmp_path):
     stop = threading.Event()
     stop.set()  # as a SIGTERM handler would
-    run = train(tiny(data, tmp_path, steps=5), stop=stop)
+    names = sorted(p.name for p in (synthetic_davis / "JPEGImages" / "480p").iterdir())
+    run = train(tiny(data, tmp_path, steps=5, eval_davis=str(synthetic_davis), eval_every=1,
+                     eval_sequences=names, eval_frames=3, eval_size=64, probe_every=1), stop=stop)
     assert load_checkpoint(run / "last.pt")["step"] == 1
     assert not list(run.glob("step-*.pt"))  # an off-schedule save updates last.pt only
+    # The save comes first: the evaluation and the probe due at step 1 are skipped.
+    [record] = read_metrics(run)
+    assert record["step"] == 1 and "eval_jf" not in record and "probe_real" not in record
+
+
+def test_an_evaluation_gives_up_when_asked_between_sequences(synthetic_davis):
+    from timecycle.encoder import build_encoder
+    from timecycle.engine.evaluation import DavisProxy
+
+    names = sorted(p.name for p in (synthetic_davis / "JPEGImages" / "480p").iterdir())
+    proxy = DavisProxy(synthetic_davis, names, frames=3, size=64)
+    encoder, asked = build_encoder("resnet18"), []
+    try:
+        assert proxy.score(encoder, torch.device("cpu"), abort=lambda: asked.append(1) or
+                           len(asked) == 2) is None
+        assert len(asked) == 2  # the first sequence ran, the second was not started
+        scores = proxy.score(encoder, torch.device("cpu"), abort=lambda: False)
+        assert 0 <= scores["J&F"] <= 1
+    finally:
+        proxy.close()
 
 
 def test_bf16_autocast_path_runs(data, tmp_path):

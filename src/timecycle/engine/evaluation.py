@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +104,13 @@ class DavisProxy:
         self.names = names
 
     def score(self, encoder: nn.Module | None, device: torch.device,
-              per_sequence: bool = False) -> dict:
+              per_sequence: bool = False, abort: Callable[[], bool] | None = None) -> dict | None:
         """J&F, J and F means of `encoder` (None: the identity baseline). The encoder is not
-        modified. `per_sequence` adds {"sequences": {name: J&F}}."""
+        modified. `per_sequence` adds {"sequences": {name: J&F}}.
+
+        abort: asked before each sequence; True gives up and returns None (a stop request
+        arriving mid-evaluation: a scheduler's grace period is ~30 s, an evaluation longer).
+        """
         from timecycle.metrics.davis_eval import evaluate_davis
         from timecycle.propagation.davis import propagate_davis
         from timecycle.propagation.video import FrameEncoder
@@ -114,8 +119,11 @@ class DavisProxy:
         frame_encoder = None if encoder is None else FrameEncoder(encoder, self.protocol, device)
         out = Path(tempfile.mkdtemp(prefix="pred-", dir=self._tmp))
         try:
-            propagate_davis(self.root, self.names, out, frame_encoder, self.protocol,
-                            {"proxy": str(self.label)}, progress=False)
+            for name in self.names:
+                if abort is not None and abort():
+                    return None
+                propagate_davis(self.root, [name], out, frame_encoder, self.protocol,
+                                {"proxy": str(self.label)}, progress=False)
             row, _, seqs = evaluate_davis(self.root, out, self.names, progress=False)
         finally:
             shutil.rmtree(out, ignore_errors=True)

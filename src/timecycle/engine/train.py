@@ -37,7 +37,9 @@ process seeds its generators with seed + rank after building the (identical) mod
 
 Stopping: a stop request (`stop`, set by SIGTERM / SIGUSR1 in `timecycle train`) is read after
 each step and agreed across ranks (any rank's request stops all, after the same step); rank 0
-then saves last.pt and every rank returns with `Outcome.stopped`. last.pt is also refreshed
+then saves last.pt and every rank returns with `Outcome.stopped`. The request skips that step's
+evaluation and probe; one that arrives during an evaluation ends it before its next sequence
+(a scheduler's grace period is ~30 s, an evaluation can be longer). last.pt is also refreshed
 every `save_minutes`, so a run killed without warning (SIGKILL, a lost node) loses at most
 that much; `--resume` continues from the newest complete checkpoint exactly as the
 uninterrupted run would have gone (`deterministic` on the CPU: to the bit).
@@ -387,12 +389,16 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
             due = world.is_main and 0 < config.save_minutes * 60 <= time.monotonic() - last_save
             stopping, due = distributed.agree_any(
                 [stop is not None and stop.is_set(), due], world, device)
-            evaluate = config.eval_davis is not None and (
+            # A stop request skips the evaluation and the probe: the save comes first. One that
+            # arrives during an evaluation ends it at the next sequence (the request is then
+            # agreed after the next step, as any other).
+            evaluate = config.eval_davis is not None and not stopping and (
                 n.step % config.eval_every == 0 or last)
             scores, eval_s = None, 0.0
             if evaluate and proxy is not None:
                 t_eval = time.perf_counter()
-                scores = proxy.score(model.encoder, device)
+                scores = proxy.score(model.encoder, device,
+                                     abort=None if stop is None else stop.is_set)
                 eval_s = time.perf_counter() - t_eval
                 meter.exclude(eval_s)  # clips/s is the training's own rate
             improved = distributed.agree_any(
@@ -400,7 +406,8 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 world, device)[0] if evaluate else False
             if improved and scores is not None:
                 best_jf = scores["J&F"]
-            probe = config.probe_every > 0 and (n.step % config.probe_every == 0 or last)
+            probe = config.probe_every > 0 and not stopping and (
+                n.step % config.probe_every == 0 or last)
             if n.step % config.log_every == 0 or last or stopping or evaluate or probe:
                 record = {"step": n.step, "epoch": n.samples / (n_videos * config.clips_per_video),
                           "samples": n.samples, **meter.summary(),
