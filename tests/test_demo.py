@@ -1,4 +1,4 @@
-"""`timecycle demo` end to end at a tiny size: data, training, four encoders, scores, pages."""
+"""`timecycle demo` end to end at a tiny size: data, training, five encoders, scores, pages."""
 
 from __future__ import annotations
 
@@ -23,14 +23,16 @@ def test_demo_runs_and_links_only_local_files(tmp_path, capsys):
     assert "crw protocol" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["estimated_seconds"] > 0
-    assert set(summary["scores"]) == {"trained", "random-init", "pixel", "identity"}
+    # The package ships built-in weights (encoder/builtin): they are scored next to the run.
+    assert set(summary["scores"]) == {"trained", "built-in", "random-init", "pixel", "identity"}
     for label, jf in summary["scores"].items():
         assert 0.0 <= jf <= 1.0
         assert f"{label:<12} {jf:.3f}" in printed  # the printed summary shows each J&F
     assert (out / "train" / "last.pt").is_file()
     index = (out / "index.html").read_text()
     links = re.findall(r'(?:href|src)="([^"]+)"', index)
-    assert len(links) == 5  # four runs and the training page
+    assert len(links) == 6  # five runs and the training page
+    assert "<b>built-in</b>" in index and "--preset crw-small" in index  # its provenance
     for link in links:
         assert not link.startswith(("http:", "https:", "//"))
         assert (out / link).is_file(), link
@@ -63,9 +65,10 @@ def test_demo_on_a_users_clip(tmp_path, capsys):
     code = main([*argv, "--out", str(out), "--steps", "2"])
     printed, err = capsys.readouterr()
     assert code == 0, err
-    preds = sorted((out / "results" / "trained" / "clip").iterdir())
-    assert len(preds) == 20
-    assert np.array_equal(np.asarray(Image.open(preds[0])), masks[0])
+    for run in ("trained", "built-in"):
+        preds = sorted((out / "results" / run / "clip").iterdir())
+        assert len(preds) == 20
+        assert np.array_equal(np.asarray(Image.open(preds[0])), masks[0])
     # Said before the training starts: that it trains on the clip, how long, and --weights.
     lines = printed.splitlines()
     told = next(i for i, ln in enumerate(lines) if "on your clip for 2 steps" in ln)
@@ -73,7 +76,7 @@ def test_demo_on_a_users_clip(tmp_path, capsys):
     assert told < next(i for i, ln in enumerate(lines) if "training the small preset" in ln)
     page = (out / "index.html").read_text()
     assert str(clip.resolve()) in page and "20 frames, 144x112" in page
-    assert "<code>timecycle</code> propagation protocol" in page and "crw" not in page
+    assert "<code>timecycle</code> propagation protocol" in page and "<code>crw</code>" not in page
     assert "synthetic" not in page and "trained for 2 steps" in page and "this clip" in page
     assert "Not scored" in page
 
@@ -85,6 +88,16 @@ def test_demo_on_a_users_clip(tmp_path, capsys):
     assert "trains" not in printed and not (again / "train").exists()
     page = (again / "index.html").read_text()
     assert str(weights.resolve()) in page and "trained for" not in page
+
+
+def test_estimate_counts_the_built_in_weights_where_they_are_installed(monkeypatch):
+    from timecycle import demo
+
+    with_builtin = demo.estimate_seconds(demo.DemoConfig(steps=10), step_s=1.0)
+    monkeypatch.setattr(demo, "_builtin", lambda: None)
+    without = demo.estimate_seconds(demo.DemoConfig(steps=10), step_s=1.0)
+    assert with_builtin["propagate"] == 1.5 * without["propagate"]
+    assert with_builtin["train"] == without["train"]
 
 
 def test_estimate_counts_only_the_stages_that_run():

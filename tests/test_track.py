@@ -25,6 +25,17 @@ SIZE, X0, Y0, SHIFT = 48, 16, 40, (3, -2)  # the square's side, frame-0 corner, 
 POINTS = np.array([[X0 + 24.0, Y0 + 24.0], [X0 + 8.0, Y0 + 8.0], [X0 + 39.0, Y0 + 39.0]])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def without_builtin_weights(tmp_path_factory):
+    """The accuracy bounds here were set with the random network; the package's built-in
+    weights (the default where installed) are checked on their own below."""
+    from timecycle.encoder import builtin
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builtin, "FOLDER", tmp_path_factory.mktemp("no-builtin"))
+        yield
+
+
 def _blocks(rng: np.random.Generator, h: int, w: int, block: int = 4) -> np.ndarray:
     """(h, w, 3) uint8 random colours on block x block cells."""
     small = rng.integers(0, 256, (h // block + 1, w // block + 1, 3), dtype=np.uint8)
@@ -131,6 +142,22 @@ def test_flow_recovers_the_shift(tracked):
     assert dx > 0 and dy < 0  # right and up, as the square moved
     assert abs(dx - SHIFT[0] * t) <= 8 and abs(dy - SHIFT[1] * t) <= 8, (dx, dy)
     assert (tracked / "flow.png").is_file()
+
+
+def test_the_default_is_the_built_in_weights_where_installed(clip, tmp_path, capsys,
+                                                             without_builtin_weights):
+    from timecycle.encoder import builtin
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builtin, "FOLDER", Path(builtin.__file__).parent / "builtin")  # as shipped
+        code, _, err = _run(capsys, "track", str(clip / "frames"), "--mask",
+                            str(clip / "mask.png"), "--encoder", "resnet18", "--out",
+                            str(tmp_path / "out"), "--device", "cpu", "--quiet")
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "track.json").read_text())
+    assert record["weights"]["builtin"] is True and record["weights"]["padding_mode"] == "reflect"
+    assert any("built-in" in n for n in record["notes"])
+    assert not any("randomly initialised" in n for n in record["notes"])
 
 
 def test_page_record_and_overlay(tracked):

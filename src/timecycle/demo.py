@@ -3,8 +3,9 @@
 1. Generate unlabeled training videos and a separate labelled DAVIS-format evaluation set
    (textured objects that move, rotate, scale and occlude each other; exact masks).
 2. Train the `small` preset (ResNet-18, reduced resolution) briefly on the training videos.
-3. Propagate the evaluation set's first-frame masks with the trained encoder, the same
-   architecture randomly initialised, the `pixel` colour baseline and `identity`.
+3. Propagate the evaluation set's first-frame masks with the trained encoder, the package's
+   built-in weights (`--weights builtin`, where this install has them), the same architecture
+   randomly initialised, the `pixel` colour baseline and `identity`.
 4. Score each with the DAVIS J&F and write a report folder (index.html).
 
 With `video` and `mask`, the same runs on a user's clip (a video file or a frame folder, and
@@ -191,11 +192,15 @@ def estimate_seconds(cfg: DemoConfig, step_s: float, clip: dict | None = None,
         stages["generate"] = STAGE_STEPS["generate"] * step_s
     if cfg.weights is None:
         stages["train"] = cfg.steps * TRAIN_STEP_COST * (train_step_s or step_s)
+    # Calibrated with four encoders on the synthetic set (two ResNets) and one on a clip; the
+    # built-in weights add one ResNet run to each.
+    extra = _builtin() is not None
     if clip is None:
-        stages["propagate"] = STAGE_STEPS["propagate"] * step_s
+        stages["propagate"] = STAGE_STEPS["propagate"] * step_s * (1.5 if extra else 1.0)
     else:
         megapixels = clip["frames"] * clip["width"] * clip["height"] / 1e6
-        stages["propagate"] = CLIP_STEPS_PER_MEGAPIXEL * megapixels * step_s
+        stages["propagate"] = (CLIP_STEPS_PER_MEGAPIXEL * megapixels * step_s
+                               * (2 if extra else 1))
     stages["report"] = STAGE_STEPS["report"] * step_s
     return stages
 
@@ -204,7 +209,17 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def _encoder(name: str, weights: Path | None, seed: int):
+def _builtin() -> dict | None:
+    """The sidecar of the built-in ResNet-18 weights, or None where this install has none."""
+    from timecycle.encoder.builtin import builtin_info
+
+    try:
+        return builtin_info("resnet18")
+    except UserError:
+        return None
+
+
+def _encoder(name: str, weights: Path | str | None, seed: int):
     """(encoder module or None for identity, provenance entries), as `propagate davis` loads
     them: a ResNet from `seed`, with the TimeCycle head when the checkpoint has one."""
     from timecycle.encoder.weights import load_encoder
@@ -213,7 +228,7 @@ def _encoder(name: str, weights: Path | None, seed: int):
 
 
 def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, encoder: str,
-               weights: Path | None, evaluate: bool) -> float | None:
+               weights: Path | str | None, evaluate: bool) -> float | None:
     """Propagate (and score) the DAVIS-layout `root` into `out` with the library functions
     that `timecycle propagate davis [--evaluate]` calls, printing the same lines."""
     from timecycle.engine.runtime import environment, resolve_device
@@ -300,10 +315,13 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
     root = DavisRoot(eval_root)
     names = [SEQUENCE] if clip else root.sequence_names()
     evaluate = clip is None
-    runs = {"trained": ("resnet18", weights), "random-init": ("resnet18", None),
-            "pixel": ("pixel", None), "identity": ("identity", None)}
+    runs = {"trained": ("resnet18", weights), "built-in": ("resnet18", "builtin"),
+            "random-init": ("resnet18", None), "pixel": ("pixel", None),
+            "identity": ("identity", None)}
+    if _builtin() is None:
+        del runs["built-in"]
     if clip:
-        runs = {"trained": runs["trained"]}
+        runs = {k: v for k, v in runs.items() if k in ("trained", "built-in")}
     begin("propagate", f"propagating the first-frame masks with {len(runs)} encoder(s), "
                        f"{cfg.protocol} protocol" + (", then scoring them" if evaluate else ""))
     scores: dict[str, float | None] = {}
@@ -311,7 +329,8 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
         _say(f"  {label} ({encoder})")
         scores[label] = _propagate(cfg, root, names, out / "results" / label, encoder, w, evaluate)
     begin("report", "writing the report pages and animations")
-    report = _report(out, scores, root, cfg, clip, trained=cfg.weights is None)
+    report = _report(out, scores, root, cfg, clip, trained=cfg.weights is None,
+                     builtin=_builtin() if "built-in" in runs else None)
     elapsed = time.perf_counter() - start
     write_json_atomic(out / "summary.json", {"scores": scores, "seconds": round(elapsed, 1),
                                              "estimated_seconds": round(sum(stages.values()), 1),
@@ -327,7 +346,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
 
 
 def _report(out: Path, scores: dict[str, float | None], root: DavisRoot, cfg: DemoConfig,
-            clip: dict | None, trained: bool) -> Path:
+            clip: dict | None, trained: bool, builtin: dict | None = None) -> Path:
     """An index page: what was run (the synthetic set or the user's clip, the protocol), the
     scores of each encoder as a table and a bar chart, linking each run's own report (animated
     overlays, per-sequence scores) and the training curves."""
@@ -349,16 +368,21 @@ def _report(out: Path, scores: dict[str, float | None], root: DavisRoot, cfg: De
                + ("this clip" if clip else "separate synthetic training videos") if trained
                else f"the checkpoint <code>{e(str(Path(cfg.weights).resolve()))}</code>")
     protocol = f"the <code>{e(cfg.protocol)}</code> propagation protocol"
+    shipped = "" if builtin is None else (
+        f"; <b>built-in</b>: the weights shipped with timecycle (<code>--weights builtin</code>), "
+        f"a ResNet-18 trained on real unlabeled video by <code>{e(str(builtin.get('command')))}"
+        f"</code> ({e(str(builtin.get('steps')))} steps)")
     if clip:
         what = (f"<p>Your clip <code>{e(clip['video'])}</code> ({clip['frames']} frames, "
                 f"{clip['width']}x{clip['height']}): its first-frame mask propagated to every later "
-                f"frame with {protocol}, by {encoder}. Not scored: the clip has no ground-truth "
+                f"frame with {protocol}, by {encoder}{shipped}. Not scored: the clip has no ground-truth "
                 "masks after the first frame; judge the overlays.</p>")
     else:
         what = (f"<p>Label propagation of first-frame masks with {protocol} on synthetic "
                 f"sequences the encoder never saw, scored with the DAVIS J&amp;F; the encoders: "
-                f"{encoder}, the same network randomly initialised, the pixel colour baseline "
-                "and identity (every frame gets frame 0's mask).</p>")
+                f"<b>trained</b>: {encoder}{shipped}; <b>random-init</b>: the same network "
+                "randomly initialised; <b>pixel</b>: the colour baseline; <b>identity</b>: every "
+                "frame gets frame 0's mask.</p>")
     parts = [f"<!doctype html><meta charset='utf-8'><title>timecycle demo</title><style>{PAGE_CSS}</style>",
              "<h1>timecycle demo</h1>", what, table]
     if all(v is not None for v in scores.values()):

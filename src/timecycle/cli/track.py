@@ -53,7 +53,9 @@ def default_weights(args: argparse.Namespace) -> list[str]:
                 f"initialised {args.encoder} (seed {args.seed}); pass --weights CHECKPOINT for "
                 "trained features"]
     args.weights = BUILTIN
-    return []
+    return [f"using the built-in {args.encoder} weights (trained by timecycle on real video; "
+            "their provenance: --weights builtin in the README); pass --weights CHECKPOINT for "
+            "others"]
 
 
 def run(args: argparse.Namespace) -> int:
