@@ -17,6 +17,7 @@ import torch
 from timecycle.cli import build_parser, main
 from timecycle.cli.train import config_from_args
 from timecycle.data import ClipDataset, build_index
+from timecycle.datasets.davis import DavisRoot
 from timecycle.engine import step as step_mod
 from timecycle.engine import train as train_mod
 from timecycle.engine.checkpoint import load_checkpoint
@@ -326,7 +327,7 @@ def test_warmup_freezes_the_encoder_only(data, tmp_path):
 def test_stop_request_saves_and_returns(data, synthetic_davis, tmp_path):
     stop = threading.Event()
     stop.set()  # as a SIGTERM handler would
-    names = sorted(p.name for p in (synthetic_davis / "JPEGImages" / "480p").iterdir())
+    names = DavisRoot(synthetic_davis).sequence_names()
     run = train(tiny(data, tmp_path, steps=5, eval_davis=str(synthetic_davis), eval_every=1,
                      eval_sequences=names, eval_frames=3, eval_size=64, probe_every=1), stop=stop)
     assert load_checkpoint(run / "last.pt")["step"] == 1
@@ -340,7 +341,7 @@ def test_an_evaluation_gives_up_when_asked_between_sequences(synthetic_davis):
     from timecycle.encoder import build_encoder
     from timecycle.engine.evaluation import DavisProxy
 
-    names = sorted(p.name for p in (synthetic_davis / "JPEGImages" / "480p").iterdir())
+    names = DavisRoot(synthetic_davis).sequence_names()
     proxy = DavisProxy(synthetic_davis, names, frames=3, size=64)
     encoder, asked = build_encoder("resnet18"), []
     try:

@@ -318,7 +318,8 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
     runs = {"trained": ("resnet18", weights), "built-in": ("resnet18", "builtin"),
             "random-init": ("resnet18", None), "pixel": ("pixel", None),
             "identity": ("identity", None)}
-    if _builtin() is None:
+    builtin = _builtin()
+    if builtin is None:
         del runs["built-in"]
     if clip:
         runs = {k: v for k, v in runs.items() if k in ("trained", "built-in")}
@@ -330,7 +331,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
         scores[label] = _propagate(cfg, root, names, out / "results" / label, encoder, w, evaluate)
     begin("report", "writing the report pages and animations")
     report = _report(out, scores, root, cfg, clip, trained=cfg.weights is None,
-                     builtin=_builtin() if "built-in" in runs else None)
+                     builtin=builtin if "built-in" in runs else None)
     elapsed = time.perf_counter() - start
     write_json_atomic(out / "summary.json", {"scores": scores, "seconds": round(elapsed, 1),
                                              "estimated_seconds": round(sum(stages.values()), 1),

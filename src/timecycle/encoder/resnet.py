@@ -19,6 +19,13 @@ ARCHS = {"resnet18": 256, "resnet50": 1024}
 HEAD_DIM = 512
 
 
+def set_padding_mode(module: nn.Module, mode: str) -> None:
+    """Pad every padded convolution of `module` with `mode` ("zeros" or "reflect")."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and sum(m.padding) > 0:
+            m.padding_mode = mode
+
+
 class TimeCycleHead(nn.Module):
     """1x1 convolution without bias, then ReLU (SPEC 2: "afterconv1" of the public code).
 
@@ -68,9 +75,7 @@ class ResNetEncoder(nn.Module):
         """"zeros" (torchvision) or "reflect": CRW's scratch ResNet pads every padded
         convolution by reflection (videowalk code/resnet.py `modify(padding='reflect')`), so its
         weights reproduce its features only with reflect padding."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and sum(m.padding) > 0:
-                m.padding_mode = mode
+        set_padding_mode(self, mode)
         self.padding_mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

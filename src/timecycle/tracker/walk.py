@@ -24,6 +24,7 @@ from torch import nn
 
 from timecycle.encoder import build_encoder
 from timecycle.encoder.blocks import ResNetTrunk
+from timecycle.encoder.resnet import set_padding_mode
 from timecycle.losses.walk import walk_cross_entropy
 
 # model.py EPS: log(A + EPS) keeps the cross-entropy finite where a walk put no mass.
@@ -78,8 +79,7 @@ class ContrastiveWalk(nn.Module):
             for m in extra.modules():
                 if isinstance(m, nn.Conv2d):
                     m.stride = (1, 1)
-                    if sum(m.padding) > 0:
-                        m.padding_mode = padding
+            set_padding_mode(extra, padding)
         return cls(encoder, layer4=extra, **kwargs)
 
     def set_encoder_trainable(self, trainable: bool) -> None:
