@@ -44,6 +44,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "tc-code-crop": ("small", {"loss": "code", "query": "crop", "warmup_steps": 150}),
     "tc-code-crop-frozenbn": ("small", {"loss": "code", "query": "crop", "warmup_steps": 150,
                                         "batchnorm": "frozen"}),
+    # The public code's objective with CRW's reflect padding (README, Training that learns).
+    "tc-code-reflect": ("small", {"loss": "code", "padding": "reflect"}),
     "crw-small": ("crw-small", {}),
     "crw-small-frozenbn": ("crw-small", {"batchnorm": "frozen"}),
 }

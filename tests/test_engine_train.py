@@ -24,6 +24,8 @@ from timecycle.engine.checkpoint import load_checkpoint
 from timecycle.engine.config import (PRESETS, TrainConfig, check_resumable, make_config,
                                      resolve_compile)
 from timecycle.engine.logging import read_metrics
+from timecycle.encoder.resnet import ResNetEncoder
+from timecycle.encoder.weights import load_weights
 from timecycle.engine.train import train
 from timecycle.errors import UserError
 from timecycle.tracker import cut_patch
@@ -233,6 +235,30 @@ def test_cli_compile_cycles_choices(data, tmp_path):
     assert parsed("--compile-cycles", "off") == "off"
     with pytest.raises(SystemExit):
         parsed("--compile-cycles", "fast")
+
+
+def test_cli_padding_reaches_the_timecycle_encoder(data, tmp_path):
+    def parsed(*flags):
+        args = build_parser().parse_args(["train", "--data", str(data), "--out",
+                                          str(tmp_path / "run"), "--preset", "small", *flags])
+        return config_from_args(args)
+
+    assert parsed().padding == "zeros"  # the paper's (torchvision's) padding stays the default
+    config = parsed("--padding", "reflect")
+    assert config.padding == "reflect"
+    convs = [m for m in train_mod.build_model(config).encoder.modules()
+             if isinstance(m, torch.nn.Conv2d) and sum(m.padding) > 0]
+    assert convs and {m.padding_mode for m in convs} == {"reflect"}
+    with pytest.raises(UserError, match="padding 'zeros' -> 'reflect'"):
+        check_resumable(parsed(), config)
+    with pytest.raises(SystemExit):
+        parsed("--padding", "circular")
+    # The run's checkpoint records it, and propagation restores it with the TimeCycle head.
+    run = train(tiny(data, tmp_path / "reflect", padding="reflect", steps=1))
+    encoder = ResNetEncoder("resnet18", head=True)
+    info = load_weights(encoder, run / "last.pt")
+    assert info.format == "native" and info.padding_mode == "reflect"
+    assert encoder.padding_mode == "reflect" and encoder.stem[0].padding_mode == "reflect"
 
 
 def test_fused_adam_resumes_the_state_of_a_plain_adam():

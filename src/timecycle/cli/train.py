@@ -55,6 +55,9 @@ def register(sub) -> None:
                         "walk (SPEC 9; preset crw unless --preset is given)")
     p.add_argument("--loss", choices=LOSSES, help="paper (default) or code (public code)")
     p.add_argument("--arch", choices=("resnet50", "resnet18"))
+    p.add_argument("--padding", choices=("zeros", "reflect"),
+                   help="the encoder's convolution padding: zeros (torchvision's, presets full "
+                        "and small) or reflect (CRW's, presets crw and crw-small)")
     p.add_argument("--short-side", type=int, metavar="PX", help="frames resized to (full: 256)")
     p.add_argument("--crop", type=int, metavar="PX", help="training crop (full: 240)")
     p.add_argument("--patch", type=int, metavar="PX", help="target patch (full: 80)")
@@ -130,7 +133,7 @@ def config_from_args(args: argparse.Namespace):
         data=[str(Path(d).resolve()) for d in args.data] if args.data else None, out=args.out,
         objective=args.objective, loss=args.loss, query=args.query, batchnorm=args.batchnorm,
         walk_layer4=args.walk_layer4,
-        arch=args.arch, short_side=args.short_side,
+        arch=args.arch, padding=args.padding, short_side=args.short_side,
         crop=args.crop,
         patch=args.patch, batch_size=args.batch_size, accum=args.accum,
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
