@@ -18,14 +18,14 @@ from timecycle.cli import build_parser, main
 from timecycle.cli.train import config_from_args
 from timecycle.data import ClipDataset, build_index
 from timecycle.datasets.davis import DavisRoot
+from timecycle.encoder.resnet import ResNetEncoder
+from timecycle.encoder.weights import load_weights
 from timecycle.engine import step as step_mod
 from timecycle.engine import train as train_mod
 from timecycle.engine.checkpoint import load_checkpoint
 from timecycle.engine.config import (PRESETS, TrainConfig, check_resumable, make_config,
                                      resolve_compile)
 from timecycle.engine.logging import read_metrics
-from timecycle.encoder.resnet import ResNetEncoder
-from timecycle.encoder.weights import load_weights
 from timecycle.engine.train import train
 from timecycle.errors import UserError
 from timecycle.tracker import cut_patch
@@ -222,11 +222,16 @@ def test_compile_cycles_is_refused_for_the_walk():
             make_config("crw-small", compile_cycles=mode)
 
 
+def cli_config(data, tmp_path, *flags) -> TrainConfig:
+    """The config `timecycle train --preset small FLAGS` resolves to."""
+    args = build_parser().parse_args(["train", "--data", str(data), "--out",
+                                      str(tmp_path / "run"), "--preset", "small", *flags])
+    return config_from_args(args)
+
+
 def test_cli_compile_cycles_choices(data, tmp_path):
     def parsed(*flags):
-        args = build_parser().parse_args(["train", "--data", str(data), "--out",
-                                          str(tmp_path / "run"), "--preset", "small", *flags])
-        return config_from_args(args).compile_cycles
+        return cli_config(data, tmp_path, *flags).compile_cycles
 
     assert parsed() == "auto"
     assert parsed("--compile-cycles") == "on"  # the bare flag of earlier command lines
@@ -239,9 +244,7 @@ def test_cli_compile_cycles_choices(data, tmp_path):
 
 def test_cli_padding_reaches_the_timecycle_encoder(data, tmp_path):
     def parsed(*flags):
-        args = build_parser().parse_args(["train", "--data", str(data), "--out",
-                                          str(tmp_path / "run"), "--preset", "small", *flags])
-        return config_from_args(args)
+        return cli_config(data, tmp_path, *flags)
 
     assert parsed().padding == "zeros"  # the paper's (torchvision's) padding stays the default
     config = parsed("--padding", "reflect")

@@ -38,7 +38,7 @@ def _fps(text: str) -> float:
 
 
 def register(sub) -> None:
-    from timecycle.engine.config import COMPILE_MODES, PRESETS, PRECISIONS
+    from timecycle.engine.config import COMPILE_MODES, PADDINGS, PRESETS, PRECISIONS
     from timecycle.losses import PRESETS as LOSSES
 
     p = sub.add_parser("train", help="train an encoder by cycle-consistency on unlabeled video",
@@ -55,7 +55,7 @@ def register(sub) -> None:
                         "walk (SPEC 9; preset crw unless --preset is given)")
     p.add_argument("--loss", choices=LOSSES, help="paper (default) or code (public code)")
     p.add_argument("--arch", choices=("resnet50", "resnet18"))
-    p.add_argument("--padding", choices=("zeros", "reflect"),
+    p.add_argument("--padding", choices=PADDINGS,
                    help="the encoder's convolution padding: zeros (torchvision's, presets full "
                         "and small) or reflect (CRW's, presets crw and crw-small)")
     p.add_argument("--short-side", type=int, metavar="PX", help="frames resized to (full: 256)")
