@@ -36,15 +36,16 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18", help="architecture of the random baseline")
     args = ap.parse_args()
 
-    rows = [("identity", "identity", None, "auto"), ("pixel", "pixel", None, "auto"),
-            (f"random {args.arch}", args.arch, None, "yes")]
-    rows += [(c, args.arch, c, "auto") for c in args.checkpoints]
+    rows = [("identity", "identity", None), ("pixel", "pixel", None),
+            (f"random {args.arch}", args.arch, None)]
+    rows += [(c, args.arch, c) for c in args.checkpoints]
     # engine/evaluation.py: the same proxy that `timecycle train --eval-davis` logs.
     proxy = DavisProxy(args.root, args.sequences.split(","), args.frames, args.size)
     try:
         print(proxy.label)
-        for label, name, weights, head in rows:
-            encoder, _ = load_encoder(name, weights, head)
+        for label, name, weights in rows:
+            # The proxy runs crw: layer3, without a checkpoint's TimeCycle head.
+            encoder, _ = load_encoder(name, weights, "auto", protocol="crw")
             jf = proxy.score(encoder, torch.device("cpu"))["J&F"]
             print(f"{label:40s} J&F {jf:.4f}", flush=True)
     finally:

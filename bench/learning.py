@@ -5,6 +5,7 @@ that need no learning.
     python bench/learning.py --recipes tc-code-crop-frozenbn,crw-small --clips 4800 \\
         --minutes 60 --out bench-out/learning                    # a CPU-hour per recipe
     python bench/learning.py --runs tc=/path/RUN --out DIR        # score finished runs instead
+    python bench/learning.py --runs tc300=/path/RUN/step-000300.pt --out DIR   # or a checkpoint
     python bench/learning.py --tiny --out /tmp/l                  # generated data, seconds
 
 Budget: each recipe trains until it has seen `--clips` clips or `--minutes` minutes have
@@ -117,15 +118,16 @@ def baselines(args, proxy, final, configs) -> list[dict]:
     return rows
 
 
-def run_recipe(args, name: str, config) -> dict:
-    """Train `config` within the budget (or read a finished run), then score its last.pt."""
+def run_recipe(args, name: str, config, upto: int | None = None) -> dict:
+    """Train `config` within the budget (or read a finished run, its records up to step
+    `upto` when given)."""
     from timecycle.engine.checkpoint import has_checkpoint
     from timecycle.engine.logging import read_metrics
     from timecycle.engine.train import run_training
 
     run = Path(config.out)
     started = time.time()
-    if not (args.runs and has_checkpoint(run)):
+    if not args.runs:  # --runs scores what exists: never trains
         stop = threading.Event()
         timer = threading.Timer(args.minutes * 60, stop.set)
         timer.start()
@@ -135,7 +137,8 @@ def run_recipe(args, name: str, config) -> dict:
             timer.cancel()
         print(f"{name}: step {outcome.step} of {outcome.total_steps} "
               f"({'time budget' if outcome.stopped else 'clip budget'})", flush=True)
-    records = read_metrics(run)
+    records = [r for r in (read_metrics(run) if (run / "metrics.jsonl").is_file() else [])
+               if upto is None or r["step"] <= upto]
     curve = [(r["samples"], r["eval_jf"]) for r in records if r.get("eval_jf") is not None]
     last = records[-1] if records else {}
     return {"name": name, "kind": "recipe", "run": str(run), "curve": curve,
@@ -150,7 +153,7 @@ def score_run(row: dict, proxy, final) -> None:
     from timecycle.encoder.resnet import ResNetEncoder
     from timecycle.encoder.weights import checkpoint_has_head, load_weights
 
-    last = Path(row["run"]) / "last.pt"
+    last = Path(row.get("checkpoint") or Path(row["run"]) / "last.pt")
     encoder = ResNetEncoder(row["config"].arch, head=checkpoint_has_head(last))
     load_weights(encoder, last)
     device = torch.device("cpu")
@@ -213,7 +216,8 @@ def main() -> None:
     ap.add_argument("--recipes", default="tc-code-crop-frozenbn,crw-small",
                     help=f"comma-separated, from {', '.join(RECIPES)}")
     ap.add_argument("--runs", nargs="*", metavar="NAME=RUN",
-                    help="score finished runs (and their eval curves) instead of training")
+                    help="score finished runs (and their eval curves) instead of training; RUN "
+                         "is a run folder (its last.pt) or one of its checkpoint files")
     ap.add_argument("--data", default=str(DATA / "videos"))
     ap.add_argument("--davis", default=str(DATA / "DAVIS"))
     ap.add_argument("--clips", type=int, default=4800, help="clip budget per recipe")
@@ -270,16 +274,22 @@ def main() -> None:
         final = (DavisProxy(args.davis, names, None, None) if args.final == "full" else
                  DavisProxy(args.davis, names, args.eval_frames, args.eval_size))
     try:
-        rows, configs = [], []
+        rows, configs, steps = [], [], {}  # (step, clips) of the checkpoint files given as RUN
         pairs = [tuple(r.split("=", 1)) for r in args.runs] if args.runs else \
             [(n, str(out / "runs" / n)) for n in args.recipes.split(",")]
         for name, run in pairs:
             if args.runs:
-                from timecycle.engine.checkpoint import latest_checkpoint
+                from timecycle.engine.checkpoint import latest_checkpoint, load_checkpoint
                 from timecycle.engine.config import TrainConfig
 
-                config = TrainConfig.from_dict(latest_checkpoint(run, report=False)[1]["config"])
-                config.out = run
+                # A run folder (its last.pt) or one of its checkpoints (step-000300.pt).
+                checkpoint = (load_checkpoint(run) if Path(run).is_file() else
+                              latest_checkpoint(run, report=False)[1])
+                config = TrainConfig.from_dict(checkpoint["config"])
+                if Path(run).is_file():  # its curve: the metrics of the run that wrote it
+                    steps[run] = (checkpoint["step"], checkpoint["samples"])
+                else:
+                    config.out = run
             else:
                 preset, overrides = RECIPES[name]
                 tiny = {"patch": 56} if preset == "small" else {"patch": 16, "walk_stride": 8}
@@ -295,8 +305,11 @@ def main() -> None:
             configs.append(config)
         if not args.no_baselines:
             rows += baselines(args, proxy, final, configs)
-        for (name, _), config in zip(pairs, configs):
-            row = run_recipe(args, name, config)
+        for (name, run), config in zip(pairs, configs):
+            row = run_recipe(args, name, config, steps.get(run, (None,))[0])
+            if run in steps:
+                row["checkpoint"] = run
+                row["steps"], row["clips"] = steps[run]
             score_run(row, proxy, final)
             rows.append(row)
         write_outputs(out, rows, str(proxy.label), str(final.label) if final else None)

@@ -32,16 +32,21 @@ def test_learning_benchmark_runs_end_to_end(tmp_path):
     assert "Proxy: DAVIS proxy" in table and "| crw-small | 8 | 2 |" in table
     assert (out / "learning.png").stat().st_size > 1000
 
-    # A finished run scored again with a chosen baseline: no training, only the rows asked for.
+    # A finished run scored again with a chosen baseline: no training, only the rows asked for;
+    # a checkpoint file is scored at its own step.
     again = tmp_path / "again"
+    run = out / "runs" / "crw-small"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "learning.py"), "--tiny", "--out", str(again),
-         "--runs", f"crw={out / 'runs' / 'crw-small'}", "--baselines", "pixel",
+         "--runs", f"crw={run}", f"crw1={run / 'step-000001.pt'}", "--baselines", "pixel",
          "--threads", "1", "--workers", "0"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader(open(again / "results.csv")))
-    assert [(r["name"], r["kind"]) for r in rows] == [("pixel", "baseline"), ("crw", "recipe")]
-    assert rows[1]["clips"] == "8"
+    assert [(r["name"], r["kind"]) for r in rows] == [
+        ("pixel", "baseline"), ("crw", "recipe"), ("crw1", "recipe")]
+    assert (rows[1]["clips"], rows[1]["steps"]) == ("8", "2")
+    assert (rows[2]["clips"], rows[2]["steps"]) == ("4", "1")
+    assert rows[1]["final_jf"] != rows[2]["final_jf"]  # two networks, not last.pt twice
 
 
 def test_learning_benchmark_refuses_unknown_baseline(tmp_path):

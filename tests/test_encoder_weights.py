@@ -212,6 +212,30 @@ def test_timecycle_official_head_needs_an_encoder_head_or_drop_head(tmp_path):
     assert torch.equal(dst.layer3[5].conv3.weight, src.layer3[5].conv3.weight)
 
 
+@pytest.mark.parametrize("head, protocol, with_head", [
+    ("auto", "timecycle", True),   # TimeCycle's test code applies afterconv1
+    ("auto", "crw", False),        # CRW's load_tc_model keeps encoderVideo only
+    ("auto", "dino", False),
+    ("no", "timecycle", False),    # refused before: the file's head had nowhere to go
+    ("yes", "crw", True),
+])
+def test_head_auto_follows_the_protocols_reference_code(tmp_path, head, protocol, with_head):
+    from timecycle.encoder.weights import load_encoder
+
+    src = _source("resnet50", head=True)
+    path = tmp_path / "checkpoint_14.pth.tar"
+    torch.save(_timecycle_checkpoint(src), path)
+    encoder, info = load_encoder("resnet50", path, head, seed=2, protocol=protocol)
+    assert info["head"] is with_head and (encoder.head is not None) is with_head
+    want = _features(src)
+    if not with_head:
+        src_layer3 = copy.deepcopy(src)
+        src_layer3.drop_head()
+        want = _features(src_layer3)
+        assert want.shape[1] == encoder.out_channels == 1024
+    assert torch.allclose(_features(encoder.eval()), want, atol=1e-5)
+
+
 def test_encoder_head_needs_a_head_in_the_file(tmp_path):
     path = tmp_path / "crw.pth"
     torch.save(_crw_checkpoint(_source()), path)

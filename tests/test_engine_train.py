@@ -264,6 +264,18 @@ def test_cli_padding_reaches_the_timecycle_encoder(data, tmp_path):
     assert encoder.padding_mode == "reflect" and encoder.stem[0].padding_mode == "reflect"
 
 
+def test_propagate_applies_a_runs_timecycle_head_under_the_timecycle_protocol_only(
+        data, synthetic_davis, tmp_path):
+    run = train(tiny(data, tmp_path / "run", steps=1))
+    name = DavisRoot(synthetic_davis).sequence_names()[0]
+    for protocol, head in (("crw", False), ("timecycle", True), ("dino", False)):
+        out = tmp_path / protocol
+        assert main(["propagate", "davis", "--root", str(synthetic_davis), "--sequences", name,
+                     "--protocol", protocol, "--weights", str(run / "last.pt"), "--out",
+                     str(out), "--device", "cpu", "--quiet"]) == 0
+        assert json.loads((out / "propagation.json").read_text())["head"] is head
+
+
 def test_fused_adam_resumes_the_state_of_a_plain_adam():
     # Checkpoints written before the fused optimiser hold a plain Adam's state: it loads, and
     # the next update is the plain Adam's (up to rounding).
@@ -379,6 +391,28 @@ def test_an_evaluation_gives_up_when_asked_between_sequences(synthetic_davis):
         assert len(asked) == 2  # the first sequence ran, the second was not started
         scores = proxy.score(encoder, torch.device("cpu"), abort=lambda: False)
         assert 0 <= scores["J&F"] <= 1
+    finally:
+        proxy.close()
+
+
+def test_the_proxy_scores_layer3_of_an_encoder_with_the_timecycle_head(synthetic_davis):
+    """The proxy runs the crw protocol, which propagates layer3 (`--head auto`): a TimeCycle
+    model scores as its encoder without the head, and the model keeps its head."""
+    from timecycle.encoder import build_encoder
+    from timecycle.engine.evaluation import DavisProxy
+
+    names = DavisRoot(synthetic_davis).sequence_names()
+    # All 10 frames: with the head kept, every sequence's J&F differs (by 0.001-0.006 here).
+    proxy = DavisProxy(synthetic_davis, names, frames=10, size=64)
+    with_head = build_encoder("resnet18", head=True, seed=3)
+    layer3 = build_encoder("resnet18", seed=3)
+    layer3.load_state_dict({k: v for k, v in with_head.state_dict().items()
+                            if not k.startswith("head.")})
+    try:
+        cpu = torch.device("cpu")
+        scores = proxy.score(with_head, cpu, per_sequence=True)
+        assert scores == proxy.score(layer3, cpu, per_sequence=True)
+        assert with_head.head is not None
     finally:
         proxy.close()
 

@@ -219,12 +219,13 @@ def _builtin() -> dict | None:
         return None
 
 
-def _encoder(name: str, weights: Path | str | None, seed: int):
+def _encoder(name: str, weights: Path | str | None, seed: int, protocol: str):
     """(encoder module or None for identity, provenance entries), as `propagate davis` loads
-    them: a ResNet from `seed`, with the TimeCycle head when the checkpoint has one."""
+    them: a ResNet from `seed`, with the checkpoint's TimeCycle head as `--head auto` decides
+    for `protocol`."""
     from timecycle.encoder.weights import load_encoder
 
-    return load_encoder(name, weights, "auto", seed)
+    return load_encoder(name, weights, "auto", seed, protocol)
 
 
 def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, encoder: str,
@@ -240,7 +241,7 @@ def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, en
     with output_folder(out):
         protocol = get_protocol(cfg.protocol)
         device = resolve_device(cfg.device)
-        module, info = _encoder(encoder, weights, cfg.seed)
+        module, info = _encoder(encoder, weights, cfg.seed, protocol.name)
         frame_encoder = None if module is None else FrameEncoder(module, protocol, device)
         provenance = {"benchmark": "davis", "protocol": protocol.to_dict(), **info,
                       "davis_root": str(root.root.resolve()), "year": root.year,

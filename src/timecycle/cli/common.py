@@ -18,7 +18,9 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, a timecycle "
                                      "run's last.pt, or 'builtin' (the package's own, resnet18)")
     p.add_argument("--head", choices=("auto", "yes", "no"), default="auto",
-                   help="TimeCycle 1x1 head on the encoder; auto: as the checkpoint has it")
+                   help="TimeCycle 1x1 head on the encoder; auto (default): the checkpoint's "
+                        "head under the timecycle protocol, layer3 under crw and dino, as "
+                        "their reference code evaluates a TimeCycle checkpoint")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed without --weights (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
@@ -35,11 +37,12 @@ def davis_root(args: argparse.Namespace) -> DavisRoot:
     return DavisRoot(args.root, year=args.year, annotations=args.annotations)
 
 
-def load_encoder(args: argparse.Namespace):
-    """(encoder module or None for identity, provenance dict) from the encoder arguments."""
+def load_encoder(args: argparse.Namespace, protocol: str):
+    """(encoder module or None for identity, provenance dict) from the encoder arguments, for
+    propagation under `protocol` (a protocol family name: it decides `--head auto`)."""
     from timecycle.encoder.weights import load_encoder as load
 
-    return load(args.encoder, args.weights, args.head, args.seed)
+    return load(args.encoder, args.weights, args.head, args.seed, protocol)
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:
@@ -103,7 +106,7 @@ def start_propagation(args: argparse.Namespace, benchmark: str, protocol, datase
     from timecycle.propagation.video import FrameEncoder
 
     device = resolve_device(args.device)
-    encoder, enc_info = load_encoder(args)
+    encoder, enc_info = load_encoder(args, protocol.name)
     frame_encoder = None if encoder is None else FrameEncoder(
         encoder, protocol, device, amp=args.precision == "bf16")
     precision = args.precision if encoder is not None else "fp32"

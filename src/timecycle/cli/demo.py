@@ -6,13 +6,15 @@ import argparse
 
 
 def register(sub) -> None:
+    from timecycle.losses import PRESETS as LOSSES
+
     p = sub.add_parser("demo", help="train briefly, propagate, evaluate and report on embedded synthetic video")
     p.add_argument("--out", default="demo-out", help="output folder (report at OUT/index.html)")
     p.add_argument("--steps", type=int, default=60,
                    help="training steps (default 60: the whole demo within ~5 minutes on 2 cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--protocol", default="crw", help="propagation protocol (default crw)")
-    p.add_argument("--loss", default="paper", choices=("paper", "code"),
+    p.add_argument("--loss", default="paper", choices=LOSSES,
                    help="training objective (default paper, see README)")
     p.add_argument("--video", help="your own clip: a video file or a folder of frames")
     p.add_argument("--mask", help="the first-frame mask of --video (palettised or greyscale PNG of ids)")

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"timecycle: note: {note}", file=sys.stderr)
         device = resolve_device(args.device)
-        encoder, enc_info = load_encoder(args)
+        encoder, enc_info = load_encoder(args, protocol.name)
         notes += precision_notes(args, device)
         record = {"command": shlex.join(["timecycle", *getattr(args, "argv", ["track"])]),
                   "protocol": protocol.to_dict(), "protocol_name": args.protocol, **enc_info,

@@ -38,8 +38,17 @@ def _fps(text: str) -> float:
 
 
 def register(sub) -> None:
-    from timecycle.engine.config import COMPILE_MODES, PADDINGS, PRESETS, PRECISIONS
+    from timecycle.engine.config import (
+        ARCHS,
+        BATCHNORMS,
+        COMPILE_MODES,
+        OBJECTIVES,
+        PADDINGS,
+        PRECISIONS,
+        PRESETS,
+    )
     from timecycle.losses import PRESETS as LOSSES
+    from timecycle.losses.config import QUERIES
 
     p = sub.add_parser("train", help="train an encoder by cycle-consistency on unlabeled video",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,11 +59,11 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=PRESETS,
                    help="full (the paper, default), small (CPU), crw (videowalk's README), "
                         "crw-small (CPU)")
-    p.add_argument("--objective", choices=("timecycle", "crw"),
+    p.add_argument("--objective", choices=OBJECTIVES,
                    help="timecycle: TimeCycle's cycles (default); crw: the contrastive random "
                         "walk (SPEC 9; preset crw unless --preset is given)")
     p.add_argument("--loss", choices=LOSSES, help="paper (default) or code (public code)")
-    p.add_argument("--arch", choices=("resnet50", "resnet18"))
+    p.add_argument("--arch", choices=ARCHS)
     p.add_argument("--padding", choices=PADDINGS,
                    help="the encoder's convolution padding: zeros (torchvision's, presets full "
                         "and small) or reflect (CRW's, presets crw and crw-small)")
@@ -95,10 +104,10 @@ def register(sub) -> None:
                    help="steps between the unrelated-frames probes logged with the loss "
                         "(default 50; 0: never)")
     p.add_argument("--warmup-steps", type=int, help="first steps with the encoder frozen")
-    p.add_argument("--query", choices=("patch", "crop"),
+    p.add_argument("--query", choices=QUERIES,
                    help="tracked query: the patch encoded alone (paper, default) or the target "
                         "frame's features cropped under theta_gt")
-    p.add_argument("--batchnorm", choices=("batch", "frozen"),
+    p.add_argument("--batchnorm", choices=BATCHNORMS,
                    help="batch: clip statistics (SPEC 2, default); frozen: BatchNorm kept in "
                         "eval mode at its initial statistics")
     p.add_argument("--walk-layer4", action=argparse.BooleanOptionalAction, default=None,

@@ -67,7 +67,7 @@ def run_texture(args: argparse.Namespace) -> int:
     if args.step is not None:
         check_at_least(args, 2, "--max-frames")
     check_output_folder(args.out)  # before the encoder and the video are loaded
-    encoder, _ = load_encoder(args)
+    encoder, _ = load_encoder(args, CRW.name)
     if encoder is None:
         raise UserError("the identity baseline has no features to match; choose another --encoder")
     frames, indices = read_video(args.video, short_side=args.short_side, frames=args.frames,

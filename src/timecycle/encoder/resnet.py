@@ -78,6 +78,12 @@ class ResNetEncoder(nn.Module):
         set_padding_mode(self, mode)
         self.padding_mode = mode
 
+    def drop_head(self) -> None:
+        """Remove the TimeCycle head: forward returns layer3's features (what CRW's code
+        propagates for a TimeCycle checkpoint; see encoder.weights.HEAD_PROTOCOLS)."""
+        self.head = None
+        self.out_channels = ARCHS[self.arch]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.head(x) if self.head is not None else x

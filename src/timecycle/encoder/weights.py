@@ -395,13 +395,22 @@ def checkpoint_has_head(path: str | Path) -> bool:
     return _HEAD_KEY in mapped
 
 
+# `--head auto` keeps a checkpoint's TimeCycle head only under these protocols. TimeCycle's
+# test code applies it (afterconv1 and a ReLU: models/videos/model_test.py); CRW's code, the crw
+# protocol's reference, loads a TimeCycle checkpoint as its encoderVideo alone and propagates
+# layer3 (videowalk code/utils load_tc_model: only 'encoderVideo' keys), and DINO's code has no
+# head to apply.
+HEAD_PROTOCOLS = ("timecycle",)
+
+
 def load_encoder(name: str, weights: str | Path | None = None, head: str = "auto",
-                 seed: int = 0):
+                 seed: int = 0, protocol: str = "timecycle"):
     """(encoder module or None for identity, provenance dict), as every command loads one.
 
     name: an encoder of `timecycle.encoder.ENCODERS`; weights: a checkpoint path or "builtin";
-    head: "auto" (as the checkpoint has it), "yes" or "no"; seed: a ResNet's initialisation
-    when no weights are given.
+    head: "auto" (the checkpoint's head where `protocol`, a protocol family name, is one of
+    HEAD_PROTOCOLS), "yes" or "no" (a checkpoint's head is then ignored: layer3 features);
+    seed: a ResNet's initialisation when no weights are given.
     """
     from timecycle.encoder import build_encoder
 
@@ -412,12 +421,12 @@ def load_encoder(name: str, weights: str | Path | None = None, head: str = "auto
         if head == "yes":  # a baseline has no layers to put a head on: not silently ignored
             raise UserError(f"--head yes does not apply to the {name} baseline")
         return build_encoder(name), info
-    with_head = head == "yes" or (head == "auto" and bool(weights)
-                                  and checkpoint_has_head(weights))
+    with_head = head == "yes" or (head == "auto" and protocol in HEAD_PROTOCOLS
+                                  and bool(weights) and checkpoint_has_head(weights))
     encoder = build_encoder(name, head=with_head, seed=seed)
     info["head"] = with_head
     if weights:
-        loaded = load_weights(encoder, weights)
+        loaded = load_weights(encoder, weights, drop_head=not with_head)
         info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
                            "format": loaded.format, "padding_mode": loaded.padding_mode,
                            "builtin": is_builtin(weights)}

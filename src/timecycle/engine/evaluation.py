@@ -111,12 +111,18 @@ class DavisProxy:
         abort: asked before each sequence; True gives up and returns None (a stop request
         arriving mid-evaluation: a scheduler's grace period is ~30 s, an evaluation longer).
         """
+        from timecycle.encoder.resnet import ResNetEncoder
+        from timecycle.encoder.weights import HEAD_PROTOCOLS
         from timecycle.metrics.davis_eval import evaluate_davis
         from timecycle.propagation.davis import propagate_davis
         from timecycle.propagation.video import FrameEncoder
 
         # FrameEncoder works on its own (BatchNorm-folded, eval-mode) copy.
         frame_encoder = None if encoder is None else FrameEncoder(encoder, self.protocol, device)
+        if isinstance(encoder, ResNetEncoder) and self.protocol.name not in HEAD_PROTOCOLS:
+            # crw propagates layer3 (`--head auto` drops a TimeCycle head for it): the proxy
+            # scores what `timecycle propagate` would. The copy loses its head, not `encoder`.
+            frame_encoder.encoder.drop_head()
         out = Path(tempfile.mkdtemp(prefix="pred-", dir=self._tmp))
         try:
             for name in self.names:
