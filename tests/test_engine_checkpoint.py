@@ -74,12 +74,13 @@ def test_save_load_round_trip_weights_only(tmp_path, trained_state):
     assert opt.param_groups[0]["betas"] == (0.5, 0.999)
 
 
-def test_numbered_checkpoints_keep_the_newest(tmp_path, trained_state):
+@pytest.mark.parametrize("keep_last, kept", [(2, (300, 400)), (0, (100, 200, 300, 400))])
+def test_numbered_checkpoints_keep_the_newest(tmp_path, trained_state, keep_last, kept):
     _, state = trained_state
     for step in (100, 200, 300, 400):
-        ckpt.save_checkpoint(tmp_path, {**state, "step": step}, step=step, keep_last=2)
+        ckpt.save_checkpoint(tmp_path, {**state, "step": step}, step=step, keep_last=keep_last)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["last.pt", "step-000300.pt", "step-000400.pt"]
+    assert names == ["last.pt"] + [f"step-{s:06d}.pt" for s in kept]
     assert ckpt.load_checkpoint(tmp_path / "last.pt")["step"] == 400
 
 

@@ -22,7 +22,7 @@ from timecycle.encoder.resnet import ResNetEncoder
 from timecycle.encoder.weights import load_weights
 from timecycle.engine import step as step_mod
 from timecycle.engine import train as train_mod
-from timecycle.engine.checkpoint import load_checkpoint
+from timecycle.engine.checkpoint import load_checkpoint, numbered_checkpoints
 from timecycle.engine.config import (PRESETS, TrainConfig, check_resumable, make_config,
                                      resolve_compile)
 from timecycle.engine.logging import read_metrics
@@ -262,6 +262,18 @@ def test_cli_padding_reaches_the_timecycle_encoder(data, tmp_path):
     info = load_weights(encoder, run / "last.pt")
     assert info.format == "native" and info.padding_mode == "reflect"
     assert encoder.padding_mode == "reflect" and encoder.stem[0].padding_mode == "reflect"
+
+
+def test_keep_last_zero_keeps_every_numbered_checkpoint(data, tmp_path):
+    assert cli_config(data, tmp_path).keep_last == 3
+    assert cli_config(data, tmp_path, "--keep-last", "0").keep_last == 0
+    with pytest.raises(UserError, match="keep_last must be >= 0"):
+        cli_config(data, tmp_path, "--keep-last", "-1")
+    run = train(tiny(data, tmp_path / "all", steps=4, save_every=1, keep_last=0))
+    assert [p.name for p in numbered_checkpoints(run)] == [
+        f"step-{s:06d}.pt" for s in (1, 2, 3, 4)]
+    run = train(tiny(data, tmp_path / "two", steps=4, save_every=1, keep_last=2))
+    assert [p.name for p in numbered_checkpoints(run)] == ["step-000003.pt", "step-000004.pt"]
 
 
 def test_propagate_applies_a_runs_timecycle_head_under_the_timecycle_protocol_only(

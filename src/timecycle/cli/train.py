@@ -95,6 +95,8 @@ def register(sub) -> None:
                    help="CPU threads of the training process (default: torch's choice)")
     p.add_argument("--save-every", type=int, metavar="N",
                    help="steps between numbered checkpoints (full: 1000)")
+    p.add_argument("--keep-last", type=int, metavar="N",
+                   help="numbered checkpoints kept besides last.pt (default 3; 0: all)")
     p.add_argument("--save-minutes", type=float, metavar="M",
                    help="also refresh last.pt every M minutes (default 10; 0: off)")
     p.add_argument("--sync-bn", action="store_true", default=None,
@@ -148,7 +150,7 @@ def config_from_args(args: argparse.Namespace):
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,
         threads=args.threads, compile_cycles=args.compile_cycles,
-        save_every=args.save_every, log_every=args.log_every,
+        save_every=args.save_every, keep_last=args.keep_last, log_every=args.log_every,
         probe_every=args.probe_every, warmup_steps=args.warmup_steps,
         seed=args.seed, lr=args.lr, deterministic=args.deterministic, progress=not args.quiet,
     )

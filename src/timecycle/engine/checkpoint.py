@@ -2,11 +2,11 @@
 state as tensors, and the choice of the checkpoint to resume from.
 
 A run folder holds `last.pt` (the newest save) and numbered `step-000100.pt` files, of which
-the newest `keep_last` are kept. Each file is written to a temporary file in the same folder,
-fsynced, then renamed over its target with os.replace, so a reader (or a crash, or a SIGTERM)
-sees either the old file or the new one, never a partial one. What renaming cannot rule out
-(a copy cut short, a full disk on another writer, bit rot) the content check catches: every
-file stores the sha256 of its contents, recomputed on load (`content_digest`).
+the newest `keep_last` are kept (0: all). Each file is written to a temporary file in the same
+folder, fsynced, then renamed over its target with os.replace, so a reader (or a crash, or a
+SIGTERM) sees either the old file or the new one, never a partial one. What renaming cannot
+rule out (a copy cut short, a full disk on another writer, bit rot) the content check catches:
+every file stores the sha256 of its contents, recomputed on load (`content_digest`).
 
 Contents (plain containers and tensors only, so `torch.load(weights_only=True)` reads them)::
 

@@ -117,7 +117,9 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels: same seed -> same parameters (CPU)
     save_every: int = 1000  # steps between numbered checkpoints (and at the end)
     save_minutes: float = 10.0  # also refresh last.pt when this long since the last save; 0: off
-    keep_last: int = 3  # numbered checkpoints kept besides last.pt
+    # Numbered checkpoints kept besides last.pt (and best.pt); 0: all of them, so that every
+    # saved step of a run can be scored afterwards (bench/learning.py --runs).
+    keep_last: int = 3
     log_every: int = 10  # steps per metrics.jsonl line
     # Steps between the unrelated-frames probes (engine/step.py probe_losses; also at the last
     # step; 0: never). Each costs two no-grad forwards of the step's batch: on every 5-step log
@@ -174,7 +176,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose from {PRECISIONS}")
         self.eval_sequences = [str(n) for n in self.eval_sequences]
-        positive = ("batch_size", "accum", "save_every", "keep_last", "log_every", "max_nonfinite",
+        positive = ("batch_size", "accum", "save_every", "log_every", "max_nonfinite",
                     "clips_per_video", "eval_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -187,6 +189,8 @@ class TrainConfig:
             raise UserError("need lr > 0, workers >= 0, warmup_steps >= 0 and save_minutes >= 0")
         if self.probe_every < 0:
             raise UserError(f"probe_every must be >= 0 (0: never), got {self.probe_every}")
+        if self.keep_last < 0:
+            raise UserError(f"keep_last must be >= 0 (0: all), got {self.keep_last}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
         for size in ("crop", "patch"):
