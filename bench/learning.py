@@ -235,6 +235,8 @@ def main() -> None:
     ap.add_argument("--baselines", default=",".join(BASELINES),
                     help=f"comma-separated, from {', '.join(BASELINES)}")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="with --runs: score the baselines of the runs' architectures, not the runs")
     ap.add_argument("--tiny", action="store_true",
                     help="generated videos and DAVIS, tiny sizes: the whole path in seconds")
     ap.add_argument("--out", required=True)
@@ -242,6 +244,8 @@ def main() -> None:
     unknown = set(args.baselines.split(",")) - set(BASELINES)
     if unknown:
         ap.error(f"unknown --baselines {', '.join(sorted(unknown))}")
+    if args.baselines_only and (not args.runs or args.no_baselines):
+        ap.error("--baselines-only needs --runs and the baselines")
 
     import torch
 
@@ -305,7 +309,7 @@ def main() -> None:
             configs.append(config)
         if not args.no_baselines:
             rows += baselines(args, proxy, final, configs)
-        for (name, run), config in zip(pairs, configs):
+        for (name, run), config in zip([] if args.baselines_only else pairs, configs):
             row = run_recipe(args, name, config, steps.get(run, (None,))[0])
             if run in steps:
                 row["checkpoint"] = run

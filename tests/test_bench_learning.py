@@ -48,9 +48,30 @@ def test_learning_benchmark_runs_end_to_end(tmp_path):
     assert (rows[2]["clips"], rows[2]["steps"]) == ("4", "1")
     assert rows[1]["final_jf"] != rows[2]["final_jf"]  # two networks, not last.pt twice
 
+    # The baselines of a run's architecture alone: the run itself is not scored, and the
+    # statistics come from the run's own config (its seed), so they repeat the first table's.
+    only = tmp_path / "only"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "learning.py"), "--tiny", "--out", str(only),
+         "--runs", f"crw={run}", "--baselines", "random-bnstats", "--baselines-only",
+         "--threads", "1", "--workers", "0"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(open(only / "results.csv")))
+    name = "random resnet18 (crw), training-clip BatchNorm statistics"
+    assert [(r["name"], r["kind"]) for r in rows] == [(name, "baseline")]
+    first = {r["name"]: r for r in csv.DictReader(open(out / "results.csv"))}[name]
+    assert rows[0]["final_jf"] == first["final_jf"]
+
 
 def test_learning_benchmark_refuses_unknown_baseline(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "learning.py"), "--out", str(tmp_path),
          "--baselines", "pixel,imagenet"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown --baselines imagenet" in done.stderr
+
+
+def test_learning_benchmark_refuses_baselines_only_without_runs(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "learning.py"), "--out", str(tmp_path),
+         "--baselines-only"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--baselines-only needs --runs" in done.stderr
