@@ -30,7 +30,8 @@ def main() -> None:
     data = Path(os.environ.get("TIMECYCLE_DATA", HERE.parent.parent / "shared" / "data"))
     ap.add_argument("checkpoints", nargs="*", help="run checkpoints (last.pt, step-*.pt)")
     ap.add_argument("--root", default=str(data / "DAVIS"))
-    ap.add_argument("--sequences", default="blackswan,car-roundabout,dog,cows")
+    ap.add_argument("--sequences", default=None,
+                    help="default: the engine's, every sequence of ImageSets/2016/val.txt")
     ap.add_argument("--frames", type=int, default=25, help="first frames of each sequence")
     ap.add_argument("--size", type=int, default=240, help="short side of the frames")
     ap.add_argument("--arch", default="resnet18", help="architecture of the random baseline")
@@ -40,7 +41,8 @@ def main() -> None:
             (f"random {args.arch}", args.arch, None)]
     rows += [(c, args.arch, c) for c in args.checkpoints]
     # engine/evaluation.py: the same proxy that `timecycle train --eval-davis` logs.
-    proxy = DavisProxy(args.root, args.sequences.split(","), args.frames, args.size)
+    proxy = DavisProxy(args.root, args.sequences and args.sequences.split(","), args.frames,
+                       args.size)
     try:
         print(proxy.label)
         for label, name, weights in rows:

@@ -482,7 +482,7 @@ def engine_run(p: dict, mode: str, seconds: float, rec: Record) -> dict:
 def learning(p: dict, rec: Record) -> None:
     from timecycle.engine.checkpoint import latest_checkpoint
     from timecycle.engine.config import make_config
-    from timecycle.engine.evaluation import DEFAULT_SEQUENCES, DavisProxy
+    from timecycle.engine.evaluation import DavisProxy
     from timecycle.engine.logging import read_metrics
     from timecycle.engine.runtime import resolve_device
     from timecycle.engine.train import build_model, run_training
@@ -490,7 +490,7 @@ def learning(p: dict, rec: Record) -> None:
     deadline = time.monotonic() + p["budget_s"]
     device = resolve_device(p["device"])
     names = _sequence_names(Path(p["davis"]))
-    chosen = [n for n in DEFAULT_SEQUENCES if n in names] or names[:4]
+    chosen = names  # the engine's default (every val sequence), those that travelled
     proxy = DavisProxy(p["davis"], chosen, p["eval_frames"], p["eval_size"])
     runs = Path(tempfile.mkdtemp(prefix="gpu-learning-"))  # checkpoints stay off DIR
     rec.set(device=str(device), data=p["videos"], proxy=str(proxy.label), runs=[],

@@ -223,7 +223,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=4800, help="clip budget per recipe")
     ap.add_argument("--minutes", type=float, default=60.0, help="time budget per recipe")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between proxy scores")
-    ap.add_argument("--eval-sequences", default="blackswan,car-roundabout,dog,cows")
+    ap.add_argument("--eval-sequences", default=None,
+                    help="default: the engine's, every sequence of ImageSets/2016/val.txt")
     ap.add_argument("--eval-frames", type=int, default=25)
     ap.add_argument("--eval-size", type=int, default=240)
     ap.add_argument("--final", choices=("full", "proxy", "none"), default="full")
@@ -268,7 +269,8 @@ def main() -> None:
         args.eval_sequences = args.final_sequences = ",".join(names)
         args.eval_frames, args.eval_size, args.bn_batches = 4, 64, 1
         sizes = {"short_side": 64, "crop": 64, "fps": None, "batch_size": 4, "workers": 0}
-    proxy = DavisProxy(args.davis, args.eval_sequences.split(","), args.eval_frames,
+    proxy = DavisProxy(args.davis, args.eval_sequences and args.eval_sequences.split(","),
+                       args.eval_frames,
                        args.eval_size)
     final = None
     if args.final != "none":
@@ -300,7 +302,7 @@ def main() -> None:
                 config = make_config(preset, **{
                     **overrides, "data": [args.data], "out": run, "threads": args.threads,
                     "workers": args.workers, "progress": False, "tensorboard": False,
-                    "eval_davis": args.davis, "eval_sequences": args.eval_sequences.split(","),
+                    "eval_davis": args.davis, "eval_sequences": proxy.names,
                     "eval_every": args.eval_every, "eval_frames": args.eval_frames,
                     "eval_size": args.eval_size, "save_every": args.eval_every,
                     **(({**sizes, **tiny, "warmup_steps": min(overrides.get("warmup_steps", 0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import threading
 
 import pytest
@@ -405,6 +406,26 @@ def test_an_evaluation_gives_up_when_asked_between_sequences(synthetic_davis):
         assert 0 <= scores["J&F"] <= 1
     finally:
         proxy.close()
+
+
+def test_the_proxy_defaults_to_every_val_sequence(tmp_path):
+    """Without --eval-sequences the proxy scores every sequence of ImageSets/2016/val.txt (the
+    DAVIS-2016 val list), else of 2017/val.txt; a root with neither list asks for the flag."""
+    from timecycle.datasets.synthetic import write_davis_root
+    from timecycle.engine.evaluation import DavisProxy
+
+    names = write_davis_root(tmp_path / "davis", 3, seed=0, n_frames=4, height=64, width=64)
+    proxy = DavisProxy(tmp_path / "davis", frames=3, size=64)  # 2017/val.txt only
+    proxy.close()
+    assert proxy.names == names and proxy.label.sequences == tuple(names)
+    (tmp_path / "davis" / "ImageSets" / "2016").mkdir()
+    (tmp_path / "davis" / "ImageSets" / "2016" / "val.txt").write_text(f"{names[2]}\n{names[0]}\n")
+    proxy = DavisProxy(tmp_path / "davis", frames=3, size=64)
+    proxy.close()
+    assert proxy.names == [names[2], names[0]]
+    shutil.rmtree(tmp_path / "davis" / "ImageSets")
+    with pytest.raises(UserError, match="no default sequence list; pass --eval-sequences"):
+        DavisProxy(tmp_path / "davis", frames=3, size=64)
 
 
 def test_the_proxy_scores_layer3_of_an_encoder_with_the_timecycle_head(synthetic_davis):

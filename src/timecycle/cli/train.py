@@ -120,8 +120,8 @@ def register(sub) -> None:
                         "reduced-size proxy: crw protocol, --eval-size, first --eval-frames "
                         "frames); logged as eval_jf, best kept as RUN/best.pt")
     p.add_argument("--eval-sequences", metavar="S",
-                   help="comma-separated names or a list file (default: blackswan, "
-                        "car-roundabout, dog, cows)")
+                   help="comma-separated names or a list file (default: every sequence of "
+                        "ROOT/ImageSets/2016/val.txt, else 2017)")
     p.add_argument("--eval-every", type=int, metavar="N", help="steps between evaluations (100)")
     p.add_argument("--eval-frames", type=int, metavar="N", help="first frames per sequence (25)")
     p.add_argument("--eval-size", type=int, metavar="PX", help="short side of the frames (240)")

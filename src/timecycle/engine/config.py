@@ -132,7 +132,7 @@ class TrainConfig:
     # encoder every `eval_every` steps, logged as eval_jf / eval_j / eval_f; the best is kept
     # as RUN/best.pt. Off unless eval_davis is set.
     eval_davis: str | None = None  # a DAVIS root; its val frames must never be trained on
-    eval_sequences: list[str] = field(default_factory=list)  # [] = evaluation.DEFAULT_SEQUENCES
+    eval_sequences: list[str] = field(default_factory=list)  # [] = every val sequence
     eval_every: int = 100  # steps between evaluations (and at the end)
     eval_frames: int = 25  # first frames of each sequence
     eval_size: int = 240  # short side of the frames (the crw protocol's radius scales with it)
