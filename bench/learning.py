@@ -270,8 +270,7 @@ def main() -> None:
         args.eval_frames, args.eval_size, args.bn_batches = 4, 64, 1
         sizes = {"short_side": 64, "crop": 64, "fps": None, "batch_size": 4, "workers": 0}
     proxy = DavisProxy(args.davis, args.eval_sequences and args.eval_sequences.split(","),
-                       args.eval_frames,
-                       args.eval_size)
+                       args.eval_frames, args.eval_size)
     final = None
     if args.final != "none":
         names = (args.final_sequences.split(",") if args.final_sequences else

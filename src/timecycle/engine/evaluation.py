@@ -32,9 +32,10 @@ def default_sequences(root: str | Path) -> list[str]:
 
     All of them, not a few: four sequences that random features already solve (blackswan,
     car-roundabout, dog, cows, the default until 2026-12) ranked every trained network under
-    the random one while at full size the networks beat it by up to +0.14 J&F (README,
-    "Does it learn?"). The 20 DAVIS-2016 val sequences at the same size and length rank them
-    as the full-size figure does, at 5x the cost of four.
+    its random one, while at full size the networks beat it by up to +0.14 J&F. The 20
+    DAVIS-2016 val sequences, at the same size and length, put the checkpoints that beat
+    their random network at full size above it too, for 5x the frames (README, "Does it
+    learn?").
     """
     lists = [Path(root) / "ImageSets" / year / "val.txt" for year in ("2016", "2017")]
     listing = next((p for p in lists if p.is_file()), lists[0])
