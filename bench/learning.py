@@ -273,9 +273,8 @@ def main() -> None:
                        args.eval_frames, args.eval_size)
     final = None
     if args.final != "none":
-        names = (args.final_sequences.split(",") if args.final_sequences else
-                 [n.strip() for n in (Path(args.davis) / "ImageSets" / "2016" / "val.txt")
-                  .read_text().split() if n.strip()])
+        # None: the engine's default, every sequence of ImageSets/2016/val.txt (else 2017).
+        names = args.final_sequences and args.final_sequences.split(",")
         final = (DavisProxy(args.davis, names, None, None) if args.final == "full" else
                  DavisProxy(args.davis, names, args.eval_frames, args.eval_size))
     try:
