@@ -157,11 +157,11 @@ def config_from_args(args: argparse.Namespace):
     if args.eval_davis is not None:
         overrides["eval_davis"] = str(Path(args.eval_davis).resolve())
     if args.eval_sequences is not None:
-        from timecycle.datasets.davis import _read_list as read_list
+        from timecycle.datasets.davis import read_sequence_list
         from timecycle.datasets.names import requested_names
 
-        overrides["eval_sequences"] = requested_names(args.eval_sequences, Path(), read_list,
-                                                      "sequences", "--eval-sequences")
+        overrides["eval_sequences"] = requested_names(
+            args.eval_sequences, Path(), read_sequence_list, "sequences", "--eval-sequences")
     overrides.update(eval_every=args.eval_every, eval_frames=args.eval_frames,
                      eval_size=args.eval_size)
     overrides = {k: v for k, v in overrides.items() if v is not None}  # flags not given

@@ -94,7 +94,8 @@ class DavisRoot:
         self.images = self.root / "JPEGImages" / resolution
         if not self.images.is_dir():
             raise UserError("no JPEGImages folder: not a DAVIS root", self.images)
-        self.annotations = Path(annotations) if annotations else self.root / "Annotations" / resolution
+        self.annotations = (Path(annotations) if annotations
+                            else self.root / "Annotations" / resolution)
         if annotations and not self.annotations.is_dir():
             # Checked here: otherwise the first message names <annotations>/<seq>/00000.png.
             raise UserError("annotation folder not found (--annotations)", self.annotations)
@@ -106,7 +107,7 @@ class DavisRoot:
         lists all the missing ones, since a silently partial result is not comparable.
         """
         listing = self.root / "ImageSets" / str(self.year) / "val.txt"
-        names = requested_names(spec, listing, _read_list, "sequences", "--sequences")
+        names = requested_names(spec, listing, read_sequence_list, "sequences", "--sequences")
         missing = [n for n in names if not (self.images / n).is_dir()]
         if missing:
             raise UserError(
@@ -121,8 +122,11 @@ class DavisRoot:
         return DavisSequence(name, frames, self.annotations / name, binary_255=self.year == 2016)
 
 
-def _read_list(path: Path) -> list[str]:
-    # Lines may be "<seq>" or, in some lists, "<seq> <something>"; the first field is the name.
+def read_sequence_list(path: Path) -> list[str]:
+    """The sequence names of a DAVIS list file (ImageSets/<year>/val.txt or a user's list).
+
+    Lines may be "<seq>" or, in some lists, "<seq> <something>"; the first field is the name.
+    """
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:  # e.g. a binary file passed as the list
@@ -130,4 +134,5 @@ def _read_list(path: Path) -> list[str]:
     return [ln.split()[0] for ln in lines if ln.strip()]
 
 
-__all__ = ["DavisRoot", "DavisSequence", "VOID", "frame_size", "read_frame"]
+__all__ = ["DavisRoot", "DavisSequence", "VOID", "frame_size", "read_frame",
+           "read_sequence_list"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from timecycle.datasets.davis import DavisRoot, _read_list
+from timecycle.datasets.davis import DavisRoot, read_sequence_list
 from timecycle.datasets.names import requested_names
 from timecycle.errors import UserError
 
@@ -39,7 +39,7 @@ def default_sequences(root: str | Path) -> list[str]:
     """
     lists = [Path(root) / "ImageSets" / year / "val.txt" for year in ("2016", "2017")]
     listing = next((p for p in lists if p.is_file()), lists[0])
-    return requested_names(None, listing, _read_list, "sequences", "--eval-sequences")
+    return requested_names(None, listing, read_sequence_list, "sequences", "--eval-sequences")
 
 
 @dataclass(frozen=True)
