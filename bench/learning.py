@@ -46,7 +46,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "tc-code-crop-frozenbn": ("small", {"loss": "code", "query": "crop", "warmup_steps": 150,
                                         "batchnorm": "frozen"}),
     # The public code's objective with CRW's reflect padding (README, Training that learns).
-    "tc-code-reflect": ("small", {"loss": "code", "padding": "reflect"}),
+    "tc-code-reflect": ("small-reflect", {}),
     "crw-small": ("crw-small", {}),
     "crw-small-frozenbn": ("crw-small", {"batchnorm": "frozen"}),
 }
@@ -250,7 +250,7 @@ def main() -> None:
 
     import torch
 
-    from timecycle.engine.config import make_config
+    from timecycle.engine.config import PRESETS, make_config
     from timecycle.engine.evaluation import DavisProxy
 
     torch.set_num_threads(args.threads)
@@ -296,7 +296,8 @@ def main() -> None:
                     config.out = run
             else:
                 preset, overrides = RECIPES[name]
-                tiny = {"patch": 56} if preset == "small" else {"patch": 16, "walk_stride": 8}
+                tiny = ({"patch": 56} if PRESETS[preset].objective == "timecycle"
+                        else {"patch": 16, "walk_stride": 8})
                 config = make_config(preset, **{
                     **overrides, "data": [args.data], "out": run, "threads": args.threads,
                     "workers": args.workers, "progress": False, "tensorboard": False,

@@ -11,6 +11,7 @@ import copy
 import json
 import shutil
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -61,6 +62,19 @@ def test_full_preset_is_the_paper():
 def test_small_preset_geometry_fits_the_localizer():
     c = PRESETS["small"]
     assert c.arch == "resnet18" and (c.crop // 8, c.patch // 8) == (14, 7)
+
+
+def test_small_reflect_preset_is_the_command_that_learned(data, tmp_path):
+    # The README's measured command (three seeds at full size), as flags on `small`.
+    measured = cli_config(data, tmp_path, "--loss", "code", "--query", "patch", "--batchnorm",
+                          "batch", "--padding", "reflect", "--warmup-steps", "0", "--steps", "250")
+    preset = cli_config(data, tmp_path, preset="small-reflect")
+    assert preset.preset == "small-reflect"
+    assert replace(preset, preset="small") == measured
+    # Flags still layer on it, and a resume keeps its preset name.
+    zeros = cli_config(data, tmp_path, "--padding", "zeros", preset="small-reflect")
+    assert (zeros.padding, zeros.loss) == ("zeros", "code")
+    assert check_resumable(preset, replace(preset, steps=500)) == ["steps"]
 
 
 def test_overrides_layer_on_the_preset_and_round_trip():
@@ -223,10 +237,10 @@ def test_compile_cycles_is_refused_for_the_walk():
             make_config("crw-small", compile_cycles=mode)
 
 
-def cli_config(data, tmp_path, *flags) -> TrainConfig:
-    """The config `timecycle train --preset small FLAGS` resolves to."""
+def cli_config(data, tmp_path, *flags, preset: str = "small") -> TrainConfig:
+    """The config `timecycle train --preset PRESET FLAGS` resolves to."""
     args = build_parser().parse_args(["train", "--data", str(data), "--out",
-                                      str(tmp_path / "run"), "--preset", "small", *flags])
+                                      str(tmp_path / "run"), "--preset", preset, *flags])
     return config_from_args(args)
 
 
