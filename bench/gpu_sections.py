@@ -123,15 +123,17 @@ def _protocols(smoke: bool) -> dict:
 
 
 def _sequence_names(davis: Path) -> list[str]:
-    """ImageSets/2016/val.txt (else 2017) order, those with frames on disk."""
+    """The engine's default list (ImageSets/2016/val.txt, else 2017) in its order, those with
+    frames on disk (the pack carries a subset); without a list, the folders on disk."""
+    from timecycle.engine.evaluation import default_sequences
+    from timecycle.errors import UserError
+
     on_disk = {d.name for d in (davis / "JPEGImages" / "480p").iterdir() if d.is_dir()}
-    for year in ("2016", "2017"):
-        listing = davis / "ImageSets" / year / "val.txt"
-        if listing.is_file():
-            names = [n for n in listing.read_text().split() if n in on_disk]
-            if names:
-                return names
-    return sorted(on_disk)
+    try:
+        listed = default_sequences(davis)
+    except UserError:  # no list file
+        listed = []
+    return [n for n in listed if n in on_disk] or sorted(on_disk)
 
 
 def encoder_fps(encoder, device, hw: tuple[int, int], bf16: bool, batch: int,
