@@ -234,14 +234,15 @@ def write_markdown(path: Path, r: dict) -> None:
                       "the encoder alone, same size, precision and batch.", ""]
             lines += _table(
                 ["protocol", "features", "size", "seqs", "frames", "e2e f/s", "encoder f/s",
-                 "e2e/enc", "peak MiB", "J&F", "J", "F"],
+                 "e2e/enc", "peak MiB", "J&F", "J", "F", "CUDA graph"],
                 [[x["protocol"], x.get("features") or x.get("precision"),
                   "x".join(map(str, x.get("frame_size", []))), len(x.get("sequences", [])),
                   x.get("frames"), x.get("fps_e2e"), x.get("encoder_fps"),
                   x.get("e2e_over_encoder"), _f(x.get("peak_gpu_mib"), ".0f"),
-                  _f(x.get("jf"), ".4f"), _f(x.get("j"), ".4f"), _f(x.get("f"), ".4f")]
+                  _f(x.get("jf"), ".4f"), _f(x.get("j"), ".4f"), _f(x.get("f"), ".4f"),
+                  x.get("cuda_graph")]
                  if "skipped" not in x else [x["protocol"], x["precision"], "skipped: "
-                                             + x["skipped"]] + [""] * 9
+                                             + x["skipped"]] + [""] * 10
                  for x in s.get("runs", [])])
             runs = {(r.get("protocol"), r.get("precision")): r for r in s.get("runs", [])}
             plain, head = runs.get(("crw", "fp32"), {}), runs.get(("crw-head", "fp32"), {})
@@ -258,7 +259,8 @@ def write_markdown(path: Path, r: dict) -> None:
                           + f"; sum {st['sum_ms_per_frame']:.2f} against "
                             f"{st['e2e_ms_per_frame']:.2f} end to end."]
                 if "propagation_eager_ms_per_frame" in st:
-                    lines[-1] += (f" Propagation launched eagerly instead of as a CUDA graph: "
+                    lines[-1] += (f" Steps as a CUDA graph: {st.get('cuda_graph')}."
+                                  f" Propagation launched eagerly instead of as a CUDA graph: "
                                   f"{st['propagation_eager_ms_per_frame']:.2f} ms per frame, "
                                   f"labels differing by at most "
                                   f"{st['graph_vs_eager_max_abs_diff']:.2g}.")

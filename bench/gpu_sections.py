@@ -228,7 +228,8 @@ def propagation(p: dict, rec: Record) -> None:
         n = sum(frames_of[s] for s in done)
         row.update(sequences=done, frames=n, seconds=round(seconds, 3), fps_e2e=n / seconds,
                    peak_gpu_mib=(torch.cuda.max_memory_allocated(device) / 2**20
-                                 if device.type == "cuda" else None))
+                                 if device.type == "cuda" else None),
+                   cuda_graph=graph_use(device, protocol))
         if bound:
             row["e2e_over_encoder"] = row["fps_e2e"] / row["encoder_fps"]
         t0 = time.perf_counter()
@@ -278,6 +279,18 @@ def propagation(p: dict, rec: Record) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def graph_use(device, protocol) -> str:
+    """Whether the windowed steps just run were CUDA graphs: a capture that failed says so
+    only in a warning, which the stage timing's silenced stderr would hide, and its steps
+    would then be timed eager against eager."""
+    from timecycle.propagation.propagator import cuda_graph_error
+
+    if device.type != "cuda" or protocol.restrict == "none":
+        return "no (eager: " + ("not CUDA)" if device.type != "cuda" else "no windows)")
+    error = cuda_graph_error()
+    return "yes" if error is None else f"no: the capture failed ({error})"
+
+
 def _checked_sequence(first: dict, frames_of: dict) -> str:
     """The sequence the CPU check and the stage timing rerun: car-shadow (the CPU figures'
     sequence) if the first run did it, else its shortest."""
@@ -323,9 +336,10 @@ def stages(first: dict | None, root, frames_of: dict, device, protocol,
     per_frame = {k: round(1000 * v / n, 3) for k, v in seconds.items()}
     # The same steps without the CUDA graph (LabelPropagator's default on CUDA): what the
     # graph saves, and that it gives the same labels (the same kernels, so 0 is expected).
+    graph = graph_use(device, protocol)  # before the eager run: a failure there says nothing
     eager, eager_s, _ = propagate(protocol, feats, label0, DEFAULT_TILE, cuda_graph=False)
     diff = max(float((a - b).abs().max()) for a, b in zip(outs, eager))
-    return {"sequence": name, "frames": n, "ms_per_frame": per_frame,
+    return {"sequence": name, "frames": n, "cuda_graph": graph, "ms_per_frame": per_frame,
             "sum_ms_per_frame": round(sum(per_frame.values()), 3),
             "e2e_ms_per_frame": round(1000 * first["seconds"] / first["frames"], 3),
             "propagation_eager_ms_per_frame": round(1000 * eager_s / n, 3),

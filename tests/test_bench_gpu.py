@@ -52,6 +52,9 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
     assert check["ok"] is True and check["diff_fp32"] <= check["tolerance"] == 0.002
 
     assert st["graph_vs_eager_max_abs_diff"] == 0  # no CUDA graph on the CPU: the same steps
+    assert st["cuda_graph"] == "no (eager: not CUDA)"  # said in the stages and in every run
+    assert {r["cuda_graph"] for r in runs.values()} == {"no (eager: not CUDA)"}
+    assert "| CUDA graph |" in (out / "gpu.md").read_text()
     assert _number(st["propagation_eager_ms_per_frame"])
 
     train = report["training"]["runs"]

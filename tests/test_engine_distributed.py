@@ -83,6 +83,24 @@ def test_world_comes_from_torchruns_variables():
         world_from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
+
+def test_a_numbered_gpu_becomes_the_current_device(monkeypatch):
+    # Streams, events and CUDA graphs that name no device use the current one: --device
+    # cuda:1 must make cuda:1 current, and a GPU the machine lacks is the user's mistake.
+    from timecycle.engine.runtime import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+    assert resolve_device("cuda") == torch.device("cuda") and len(current) == 1
+    with pytest.raises(UserError, match=r"--device cuda:2: this machine has 2 CUDA devices "
+                                        r"\(cuda:0..cuda:1\)"):
+        resolve_device("cuda:2")
+    assert len(current) == 1
+
 # Two processes -------------------------------------------------------------------------------
 
 

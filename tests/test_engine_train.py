@@ -193,7 +193,7 @@ def test_cuda_graphs_compile_reduce_overhead_and_mark_each_step(data, tmp_path, 
     # each training step (not the probe's forwards) begins a new CUDA-graph iteration.
     compiled, marks = fake_compile
     monkeypatch.setattr(train_mod, "resolve_compile", lambda config, device: "graphs")
-    run = train(tiny(data, tmp_path / "run", steps=3, accum=2))
+    run = train(tiny(data, tmp_path / "run", steps=3))
     assert compiled == [("cycles", {"dynamic": False, "mode": "reduce-overhead"})]
     assert marks == [1, 1, 1]
     assert json.loads((run / "config.json").read_text())["resolved"]["compile_cycles"] == "graphs"
@@ -219,6 +219,11 @@ def test_compile_resolves_by_device_and_objective():
     assert resolve_compile(make_config("small", compile_cycles="on"), cpu) == "on"
     with pytest.raises(UserError, match="CUDA"):
         resolve_compile(make_config("small", compile_cycles="graphs"), cpu)
+    # CUDA-graph trees overwrite one micro-batch's gradients with the next one's
+    # (pytorch/pytorch#169545): graphs take one micro-batch a step; compiled cycles take more.
+    with pytest.raises(UserError, match=r"graphs cannot accumulate micro-batches \(--accum 4\)"):
+        make_config("full", compile_cycles="graphs", accum=4)
+    assert make_config("full", compile_cycles="on", accum=4).accum == 4
 
 
 def test_compile_cycles_of_an_older_config_was_a_flag():

@@ -234,10 +234,11 @@ def test_a_failed_capture_falls_back_to_eager_steps(monkeypatch) -> None:
     # and gives the eager labels. The capture is made to fail; the device is the CPU.
     import timecycle.propagation.propagator as propagator
 
-    def fail(fn):
+    def fail(fn, device):
         raise RuntimeError("operation not permitted when stream is capturing\ndetails")
 
     monkeypatch.setattr(propagator, "capture", fail)
+    monkeypatch.setattr(propagator, "_capture_error", None)  # restored after the test
     p = _small("crw")
     feats = _video(5, 16, 13, 19)
     label0 = _label0()
@@ -245,10 +246,13 @@ def test_a_failed_capture_falls_back_to_eager_steps(monkeypatch) -> None:
     assert not eager.graph  # never on the CPU
     forced = LabelPropagator(p, feats[0], label0, tile=3)
     forced.graph = True
-    with pytest.warns(UserWarning, match="without a CUDA graph: capturing it failed "
-                                         r"\(operation not permitted when stream is capturing\)"):
+    with pytest.warns(UserWarning, match="without CUDA graphs from here on: capturing one "
+                                         r"failed \(operation not permitted when stream is "
+                                         r"capturing\)"):
         first = forced.step(feats[1])
     assert not forced.graph
+    # The process captures no more graphs: a failed capture can leave CUDA's allocator behind.
+    assert propagator.cuda_graph_error() == "operation not permitted when stream is capturing"
     torch.testing.assert_close(first, eager.step(feats[1]), atol=0, rtol=0)
     for t in range(2, 5):
         torch.testing.assert_close(forced.step(feats[t]), eager.step(feats[t]), atol=0, rtol=0)

@@ -92,7 +92,8 @@ def register(sub) -> None:
     p.add_argument("--compile-cycles", nargs="?", const="on", choices=COMPILE_MODES,
                    help="torch.compile the tracker's cycles (TimeCycle), about a minute: auto "
                         "(default) = on for CUDA, off on the CPU; graphs = on, replayed as "
-                        "CUDA graphs. H200, full: 312 clips/s eager, 371 on, 417 graphs")
+                        "CUDA graphs (--accum 1 only). H200, full: 312 clips/s eager, 371 on, "
+                        "417 graphs")
     p.add_argument("--threads", type=int,
                    help="CPU threads of the training process (default: torch's choice)")
     p.add_argument("--save-every", type=int, metavar="N",

@@ -164,6 +164,13 @@ class TrainConfig:
         if self.compile_cycles not in COMPILE_MODES:
             raise UserError(f"unknown --compile-cycles {self.compile_cycles!r}; choose from "
                             f"{', '.join(COMPILE_MODES)}")
+        if self.compile_cycles == "graphs" and self.accum > 1:
+            # CUDA-graph trees hand the first micro-batch's gradients to .grad as graph
+            # outputs, which the next micro-batch's replay overwrites (pytorch/pytorch#169545).
+            raise UserError(f"--compile-cycles graphs cannot accumulate micro-batches (--accum "
+                            f"{self.accum}): the next micro-batch's CUDA-graph replay "
+                            "overwrites the gradients of the one before; use --compile-cycles "
+                            "on (the default on CUDA), or --accum 1")
         if self.compile_cycles in ("on", "graphs") and self.objective != "timecycle":
             raise UserError("--compile-cycles compiles the TimeCycle tracker; the walk "
                             f"objective {self.objective!r} has no cycles")

@@ -15,7 +15,13 @@ from timecycle.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else the CPU; `cuda` without a GPU is a user error."""
+    """`auto` picks CUDA when present, else the CPU; `cuda` without a GPU is a user error.
+
+    `cuda:N` also becomes the current CUDA device. Why: streams, events and CUDA graphs that
+    name no device use the current one, so with cuda:0 current a result copied off cuda:1
+    would be waited for on cuda:0's idle stream (`to_host`), and a propagation step captured
+    on a cuda:0 stream would record none of cuda:1's kernels.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -24,6 +30,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA "
+                            f"device{'s' * (count != 1)} (cuda:0..cuda:{count - 1})")
+        torch.cuda.set_device(device)
     return device
 
 

@@ -368,12 +368,13 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 net = distributed.wrap(model, world, device)
             if compile_mode == "graphs":
                 # CUDA-graph trees replay the cycles into the same output memory: a new step
-                # may overwrite the last one's outputs. Here it begins. (An accumulated
-                # micro-batch begins its own iteration by itself: no backward is pending then.)
-                # Nothing kept across steps is a graph output: objective_loss reduces the
-                # outputs by eager ops (total_loss, the term means), train_step stacks those
-                # into a fresh tensor, and the Meter sums the results. The probe's no-grad
-                # forwards record a graph of their own, and it too reads only reduced losses.
+                # may overwrite the last one's outputs. Here it begins. (One micro-batch a
+                # step: TrainConfig refuses --accum > 1 with graphs, whose gradients the next
+                # micro-batch's replay would overwrite.) Nothing kept across steps is a graph
+                # output: objective_loss reduces the outputs by eager ops (total_loss, the term
+                # means), train_step stacks those into a fresh tensor, and the Meter sums the
+                # results. The probe's no-grad forwards record a graph of their own, and it too
+                # reads only reduced losses.
                 torch.compiler.cudagraph_mark_step_begin()
             result = train_step(net, optimizer, micro, loss_config, config.grad_clip, device,
                                 amp_dtype, world)

@@ -34,6 +34,14 @@ CHUNK_BYTES = 96 * 2**20
 # exp(x) is taken without subtracting a maximum while x + log(terms summed) stays below this:
 # float32 overflows at e^88.7, and the margin leaves the sums far from it.
 EXP_SAFE = 80.0
+# The first failed capture's message (None: none failed). A failed capture can leave CUDA's
+# allocator routing to the dead graph's pool, so the process captures no more graphs after it.
+_capture_error: str | None = None
+
+
+def cuda_graph_error() -> str | None:
+    """Why this process propagates without CUDA graphs (a capture failed), or None."""
+    return _capture_error
 
 
 class LabelPropagator:
@@ -81,7 +89,8 @@ class LabelPropagator:
         self.count = 0  # previous frames stored so far (at most n_context)
         self.next_slot = 0
         # On CUDA the windowed step is replayed as one CUDA graph (see `_replay`).
-        self.graph = cuda_graph and self.geo is not None and feat0.is_cuda
+        self.graph = (cuda_graph and self.geo is not None and feat0.is_cuda
+                      and _capture_error is None)
         self._replayed: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         # The windowed step's large intermediates (the allowed keys' affinities; with batched
         # products also the products), reused from frame to frame (`reuse`) on the CPU only:
@@ -153,34 +162,45 @@ class LabelPropagator:
         video: the context is written in place and empty slots are read too (with the OUTSIDE
         bias), so one capture serves every frame, with the same kernels as eager mode.
         """
+        global _capture_error
         if self._replayed is None:
             query = feat.clone()
             try:
-                self._replayed = (*capture(lambda: self._windowed(query)), query)
+                self._replayed = (*capture(lambda: self._windowed(query), query.device),
+                                 query)
             except RuntimeError as err:  # a CUDA build or driver that cannot capture this
-                warnings.warn(f"propagation runs without a CUDA graph: capturing it failed "
-                              f"({str(err).splitlines()[0]})", stacklevel=2)
+                _capture_error = str(err).splitlines()[0] if str(err) else type(err).__name__
+                warnings.warn(f"propagation runs without CUDA graphs from here on: capturing "
+                              f"one failed ({_capture_error})", stacklevel=2)
                 self.graph = False
                 return self._windowed(feat)
         graph, out, query = self._replayed
         query.copy_(feat)
-        graph.replay()
+        with torch.cuda.device(query.device):  # replayed on that device's current stream
+            graph.replay()
         # The next replay overwrites `out`; the caller may hold the label longer than that.
         return out.clone()
 
 
-def capture(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """Capture `fn()` (CUDA work only, no host synchronisation) as a CUDA graph: returns the
-    graph and its output tensor, which each `graph.replay()` rewrites."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream: cuBLAS workspaces, plans
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: the writer threads may synchronise on their own copies meanwhile.
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        out = fn()
+def capture(fn, device: torch.device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Capture `fn()` (CUDA work only, no host synchronisation, on `device`) as a CUDA graph:
+    returns the graph and its output tensor, which each `graph.replay()` rewrites."""
+    with torch.cuda.device(device):  # the streams and the capture are that device's
+        caller = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(caller)
+        with torch.cuda.stream(side):  # warm-up off the default stream: cuBLAS workspaces
+            fn()
+        caller.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: the writer threads may synchronise on their own copies meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = fn()
+        finally:
+            # When a capture fails, torch.cuda.graph's exit raises in capture_end before it
+            # restores the stream: the caller's stream would stay the dead capture's.
+            torch.cuda.set_stream(caller)
     return graph, out
 
 
