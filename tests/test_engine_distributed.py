@@ -101,6 +101,39 @@ def test_a_numbered_gpu_becomes_the_current_device(monkeypatch):
         resolve_device("cuda:2")
     assert len(current) == 1
 
+
+def test_what_rank_0_raises_alone_reaches_every_rank(monkeypatch):
+    # on_main: rank 0 runs the function and broadcasts its outcome. Whatever it raises must
+    # reach the ranks waiting in the broadcast (a hang under NCCL otherwise); here the
+    # broadcast is simulated: rank 0's box is what the other ranks receive.
+    from timecycle.engine import distributed
+
+    sent: list = []
+    monkeypatch.setattr(distributed.dist, "broadcast_object_list",
+                        lambda box, src: sent.append(list(box)) if src == 0 else None)
+
+    def bug():
+        raise KeyError("eval")
+
+    with pytest.raises(KeyError):  # rank 0 keeps its own traceback
+        distributed.on_main(bug, World(0, 2, 0))
+    assert sent[-1] == [("crash", "KeyError: 'eval'")]
+
+    def bad_input():
+        raise UserError("no such sequence", "DAVIS/ImageSets/2016/val.txt")
+
+    with pytest.raises(UserError, match="DAVIS/ImageSets/2016/val.txt: no such sequence"):
+        distributed.on_main(bad_input, World(0, 2, 0))
+    assert distributed.on_main(lambda: 7, World(0, 2, 0)) == 7 and sent[-1] == [("ok", 7)]
+
+    # Rank 1 gets rank 0's box through the broadcast.
+    for box, raised, match in ((("crash", "KeyError: 'eval'"), RuntimeError, "rank 0 failed"),
+                               (("error", "x.txt: no such sequence"), UserError, "x.txt")):
+        monkeypatch.setattr(distributed.dist, "broadcast_object_list",
+                            lambda b, src, box=box: b.__setitem__(0, box))
+        with pytest.raises(raised, match=match):
+            distributed.on_main(lambda: pytest.fail("only rank 0 runs it"), World(1, 2, 1))
+
 # Two processes -------------------------------------------------------------------------------
 
 

@@ -81,6 +81,8 @@ def test_overrides_layer_on_the_preset_and_round_trip():
     c = make_config("small", lr=1e-3, epochs=2.0, fps=None)
     assert (c.lr, c.steps, c.epochs, c.fps, c.arch) == (1e-3, None, 2.0, None, "resnet18")
     assert c.total_steps(n_videos=10) == 3  # ceil(2 epochs x 10 videos / batch 8)
+    # Resumed after 1 step of 8 clips by 2 processes (16 a step): ceil(12 clips left / 16).
+    assert c.total_steps(n_videos=10, world_size=2, done_steps=1, done_clips=8) == 2
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     with pytest.raises(UserError, match="multiple of 8"):
         make_config("small", crop=100)
@@ -148,6 +150,18 @@ def test_resume_gives_the_same_parameters_as_one_run(data, tmp_path):
         assert torch.equal(a[k], b[k]), k
     assert [r["step"] for r in read_metrics(part)] == list(range(1, 7))
     assert load_checkpoint(part / "last.pt")["samples"] == 12
+
+
+def test_a_resume_with_more_clips_per_step_still_reads_its_epochs(data, tmp_path):
+    # 3 epochs of the 4 videos (one clip each) = 12 clips. 2 steps of 2 clips, then --resume
+    # with --accum 2 (as with twice the processes): the 8 clips left are 2 steps of 4, not the
+    # 3 steps of 4 that 12 clips would be from the start (that run would stop after 8 clips).
+    run = tmp_path / "run"
+    train(tiny(data, run, steps=2))
+    train(tiny(data, run, steps=None, epochs=3.0, accum=2), resume=True)
+    assert load_checkpoint(run / "last.pt")["samples"] == 12
+    assert [r["samples"] for r in read_metrics(run)] == [2, 4, 8, 12]
+    assert json.loads((run / "config.json").read_text())["resolved"]["total_steps"] == 4
 
 
 @pytest.fixture

@@ -228,12 +228,19 @@ class TrainConfig:
         """The effective batch: batch_size clips x accum micro-batches x world_size processes."""
         return self.batch_size * self.accum * world_size
 
-    def total_steps(self, n_videos: int, world_size: int = 1) -> int:
-        """`steps`, or the iterations that read `epochs` x n_videos x clips_per_video clips."""
+    def total_steps(self, n_videos: int, world_size: int = 1, done_steps: int = 0,
+                    done_clips: int = 0) -> int:
+        """`steps`, or the iterations that read `epochs` x n_videos x clips_per_video clips.
+
+        done_steps / done_clips: what a resumed run has done. Its remaining epochs are counted
+        in clips at this run's clips per step, which --resume may change (processes, --accum):
+        counted in the old run's steps, more processes would end the run early, fewer would
+        read epochs it never asked for.
+        """
         if self.steps is not None:
             return self.steps
-        clips = self.epochs * n_videos * self.clips_per_video
-        return max(1, math.ceil(clips / self.clips_per_step(world_size)))
+        clips = self.epochs * n_videos * self.clips_per_video - done_clips
+        return max(1, done_steps + math.ceil(max(0, clips) / self.clips_per_step(world_size)))
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (also what a checkpoint stores)."""

@@ -172,20 +172,29 @@ def gather_objects(obj: T, world: World) -> list[T]:
 
 
 def on_main(fn: Callable[[], T], world: World) -> T:
-    """Run `fn` on rank 0 and hand its result to every rank (pickled); a UserError it raises
-    is raised on every rank, so none waits for a result that will not come."""
+    """Run `fn` on rank 0 and hand its result to every rank (pickled). Whatever it raises is
+    raised on every rank (a UserError as itself, anything else on the others as a
+    RuntimeError naming it), so none waits in a collective for a rank 0 that has left."""
     if not world.distributed:
         return fn()
     box: list = [None]
+    failure: BaseException | None = None
     if world.is_main:
         try:
             box[0] = ("ok", fn())
         except UserError as err:
             box[0] = ("error", str(err))
+        except Exception as err:
+            failure = err
+            box[0] = ("crash", f"{type(err).__name__}: {err}")
     dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
     status, value = box[0]
     if status == "error":
         raise UserError(value)
+    if status == "crash":
+        raise RuntimeError(f"rank 0 failed before this rank could go on: {value}")
     return value
 
 

@@ -291,10 +291,10 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
     loss_config = config.loss_config()
     dataset = build_dataset(config, videos)
     n_videos = len(dataset.videos)
-    total_steps = config.total_steps(n_videos, world.size)
     clips_per_step = config.clips_per_step(world.size)
     amp_dtype = resolve_amp(config.precision, device)
     model, optimizer, n = _build(config, loss_config, device, world, state, compile_mode)
+    total_steps = config.total_steps(n_videos, world.size, n.step, n.samples)
     note = emulated_bf16_note(amp_dtype, device)  # only an explicit --precision bf16 gets here
     if note and world.is_main:
         print(f"timecycle: note: {note}", file=sys.stderr, flush=True)
@@ -331,12 +331,17 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
             }, n.step, config.keep_last, numbered, best)
         distributed.barrier(world, device)
 
-    proxy = None
-    if config.eval_davis and world.is_main:
+    built: dict = {}
+
+    def build_proxy() -> None:  # rank 0 only; a bad --eval-davis stops every rank
         from timecycle.engine.evaluation import DavisProxy
 
-        proxy = DavisProxy(config.eval_davis, config.eval_sequences or None,
-                           config.eval_frames, config.eval_size)
+        built["proxy"] = DavisProxy(config.eval_davis, config.eval_sequences or None,
+                                    config.eval_frames, config.eval_size)
+
+    if config.eval_davis:
+        distributed.on_main(build_proxy, world)
+    proxy = built.get("proxy")
     best_jf = state.get("best_eval_jf") if state else None
 
     loader = make_loader(dataset, config.batch_size, config.workers, start_index=n.samples,
