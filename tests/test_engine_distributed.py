@@ -134,6 +134,26 @@ def test_what_rank_0_raises_alone_reaches_every_rank(monkeypatch):
         with pytest.raises(raised, match=match):
             distributed.on_main(lambda: pytest.fail("only rank 0 runs it"), World(1, 2, 1))
 
+
+def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from timecycle.engine.distributed import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert resolve_device("auto", World(11, 16, 3)) == torch.device("cuda", 3) == current[-1]
+    with pytest.raises(UserError, match="LOCAL_RANK 9 but only 8 GPUs"):
+        resolve_device("cuda", World(9, 16, 9))
+    # One GPU bound to each task (SLURM --gpus-per-task=1 sets CUDA_VISIBLE_DEVICES to it):
+    # each process sees its own as cuda:0. Without the binding, one GPU is the machine's only.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert resolve_device("cuda", World(11, 16, 3)) == torch.device("cuda", 0) == current[-1]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(UserError, match="LOCAL_RANK 3 but only 1 GPUs are visible"):
+        resolve_device("cuda", World(11, 16, 3))
+
 # Two processes -------------------------------------------------------------------------------
 
 

@@ -76,10 +76,18 @@ def resolve_device(name: str, world: World) -> torch.device:
         raise UserError(f"--device {name} names one GPU, but this is process {world.rank} of "
                         f"{world.size}: each process uses the GPU of its LOCAL_RANK; pass "
                         "--device cuda (or nothing), and CUDA_VISIBLE_DEVICES to pick GPUs")
-    if world.local_rank >= torch.cuda.device_count():
-        raise UserError(f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} "
-                        "GPUs are visible: start at most one process per GPU")
-    device = torch.device("cuda", world.local_rank)
+    visible = torch.cuda.device_count()
+    if visible == 1 and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        # A scheduler that binds one GPU to each task (SLURM --gpus-per-task=1) sets
+        # CUDA_VISIBLE_DEVICES to it: each process sees its own GPU alone, as cuda:0,
+        # whatever its LOCAL_RANK. (Unset, one GPU means one machine's only GPU.)
+        index = 0
+    elif world.local_rank >= visible:
+        raise UserError(f"LOCAL_RANK {world.local_rank} but only {visible} GPUs are visible: "
+                        "start at most one process per GPU")
+    else:
+        index = world.local_rank
+    device = torch.device("cuda", index)
     torch.cuda.set_device(device)
     return device
 
