@@ -154,6 +154,32 @@ def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
     with pytest.raises(UserError, match="LOCAL_RANK 3 but only 1 GPUs are visible"):
         resolve_device("cuda", World(11, 16, 3))
 
+
+def test_the_collectives_timeout_is_the_runs(monkeypatch, tmp_path):
+    # Rank 0 alone indexes a new corpus while the others wait in a collective: a first run
+    # over a large corpus may need longer than the default 30 minutes (--dist-timeout).
+    import datetime
+
+    from timecycle.cli import build_parser
+    from timecycle.cli.train import config_from_args
+    from timecycle.engine import distributed
+
+    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out",
+                                      str(tmp_path / "run"), "--dist-timeout", "120"])
+    config = config_from_args(args)
+    assert config.dist_timeout_minutes == 120 and make_config("full").dist_timeout_minutes == 30
+    calls = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kw: calls.append((backend, kw["timeout"])))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("end"))
+    with distributed.process_group(World(1, 2, 1), torch.device("cpu"),
+                                   config.dist_timeout_minutes):
+        pass
+    assert calls == [("gloo", datetime.timedelta(minutes=120)), "end"]
+    with pytest.raises(UserError, match="--dist-timeout must be > 0 minutes"):
+        make_config("full", dist_timeout_minutes=0)
+
 # Two processes -------------------------------------------------------------------------------
 
 

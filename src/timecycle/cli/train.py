@@ -104,6 +104,9 @@ def register(sub) -> None:
                    help="also refresh last.pt every M minutes (default 10; 0: off)")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="several GPUs: BatchNorm statistics over all GPUs (SyncBatchNorm)")
+    p.add_argument("--dist-timeout", type=float, metavar="M", dest="dist_timeout",
+                   help="several processes: minutes a collective waits for a rank, e.g. "
+                        "while rank 0 alone indexes a large corpus on a first run (default 30)")
     p.add_argument("--log-every", type=int, help="steps per metrics.jsonl line")
     p.add_argument("--probe-every", type=int, metavar="N",
                    help="steps between the unrelated-frames probes logged with the loss "
@@ -151,6 +154,7 @@ def config_from_args(args: argparse.Namespace):
         crop=args.crop,
         patch=args.patch, batch_size=args.batch_size, accum=args.accum,
         steps=args.steps, save_minutes=args.save_minutes, sync_bn=args.sync_bn,
+        dist_timeout_minutes=args.dist_timeout,
         epochs=args.epochs, device=args.device, precision=args.precision, workers=args.workers,
         threads=args.threads, compile_cycles=args.compile_cycles,
         save_every=args.save_every, keep_last=args.keep_last, log_every=args.log_every,

@@ -114,6 +114,10 @@ class TrainConfig:
     threads: int | None = None  # CPU intra-op threads of the training process; None: torch's
     seed: int = 0  # model initialisation and the clip stream (process r seeds seed + r)
     sync_bn: bool = False  # CUDA, several GPUs: BatchNorm statistics over all GPUs' clips
+    # How long a collective waits for a rank before failing. The others wait meanwhile while
+    # rank 0 alone indexes the videos new to the run folder (a first run over a large corpus),
+    # evaluates and saves.
+    dist_timeout_minutes: float = 30.0
     deterministic: bool = False  # deterministic kernels: same seed -> same parameters (CPU)
     save_every: int = 1000  # steps between numbered checkpoints (and at the end)
     save_minutes: float = 10.0  # also refresh last.pt when this long since the last save; 0: off
@@ -192,6 +196,8 @@ class TrainConfig:
             raise UserError(f"steps must be >= 1, got {self.steps}")
         if self.steps is None and not self.epochs > 0:
             raise UserError(f"epochs must be > 0, got {self.epochs}")
+        if not self.dist_timeout_minutes > 0:
+            raise UserError(f"--dist-timeout must be > 0 minutes, got {self.dist_timeout_minutes}")
         if self.lr <= 0 or self.workers < 0 or self.warmup_steps < 0 or self.save_minutes < 0:
             raise UserError("need lr > 0, workers >= 0, warmup_steps >= 0 and save_minutes >= 0")
         if self.probe_every < 0:

@@ -173,7 +173,7 @@ def run_training(config: TrainConfig, resume: bool = False,
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        with distributed.process_group(world, device), \
+        with distributed.process_group(world, device, config.dist_timeout_minutes), \
                 _determinism(config.deterministic, device):
             loaded: dict = {}
 
