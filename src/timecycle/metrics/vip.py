@@ -1,15 +1,17 @@
 """VIP part propagation: mIoU over the 20 classes as the VIP evaluation computes it (SPEC 7).
 
-Public reference: the VIP / ATEN evaluation script (`test_parsing.py`, also behind CRW's and
-UVC's VIP figures): one 20 x 20 confusion matrix `hist[gt, pred]` summed over every evaluated
+Public reference: the VIP / ATEN evaluation script (HCPLab-SYSU/ATEN
+`evaluate/test_parsing.py`; its copies UVC `eval_vip.py` and videowalk `code/eval/eval_vip.py`
+are behind UVC's, TimeCycle's and CRW's VIP figures; equal to all three side by side, README):
+one 20 x 20 confusion matrix `hist[gt, pred]` summed over every evaluated
 frame; ground-truth pixels outside 0..19 are ignored; per-class IoU = diag / (row + column -
 diag); mIoU = nan-mean over the 20 classes, *background (class 0) included*; a class absent from
 both ground truth and prediction (0 / 0) drops out of the mean. Pixel accuracy = diag / total.
 
 Frames: the annotated ones (VIP annotates every 25th frame), frame 0 included, as the public
 pipeline scores every annotated frame it finds a prediction for. A prediction of another size
-than its annotation is resized to it with nearest sampling (the reference's PIL resize of a
-palettised image, which PIL always does with NEAREST).
+than its annotation is resized to it with nearest sampling (ATEN's and UVC's PIL resize of a
+palettised image, which PIL always does with NEAREST; CRW's resize is NEAREST for any PNG).
 """
 
 from __future__ import annotations
