@@ -55,6 +55,30 @@ def test_an_empty_sequence_list_is_named(synthetic_davis, tmp_path, capsys):
     assert_one_line_error(code, err, "mine.txt", "names no sequences")
 
 
+def test_names_that_leave_the_folders_are_refused(synthetic_davis, tmp_path, capsys):
+    # A sequence name is a folder under the root and under --out: "../victim" would read a
+    # sibling of JPEGImages/ and write its masks beside --out, not in it.
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_davis, root)
+    seq = sorted((root / "JPEGImages/480p").iterdir())[0].name
+    shutil.copytree(root / "JPEGImages/480p" / seq, root / "JPEGImages/victim")
+    shutil.copytree(root / "Annotations/480p" / seq, root / "Annotations/victim")
+    out = tmp_path / "work" / "o"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{seq}\n../victim\n")
+    for spec, named in (("../victim", "o"), (f"{seq},/tmp/x", "o"), (listing, "list.txt")):
+        code, _, err = _propagate(capsys, root, out, "--sequences", spec)
+        assert_one_line_error(code, err, named if named != "o" else "", "leaves the dataset's")
+        assert not out.exists() and not (tmp_path / "work" / "victim").exists()
+    from timecycle.datasets.jhmdb import JhmdbRoot
+
+    jhmdb = tmp_path / "jhmdb"
+    for folder in ("Rename_Images", "joint_positions"):
+        (jhmdb / folder).mkdir(parents=True)
+    with pytest.raises(UserError, match="video name '../catch/v' leaves"):
+        JhmdbRoot(jhmdb).video_names("../catch/v")
+
+
 def test_a_missing_annotations_folder_is_named(synthetic_davis, tmp_path, capsys):
     code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--annotations",
                               tmp_path / "no-such-masks")
@@ -77,6 +101,54 @@ def test_a_folder_given_as_an_image(tmp_path):
 
     with pytest.raises(UserError, match="is a folder"):
         read_mask(tmp_path)
+
+
+def test_an_image_claiming_too_many_pixels_is_named(tmp_path):
+    # PIL refuses a header past its decompression-bomb limit with an error of its own, which
+    # is neither OSError nor ValueError: every reader must still name the file.
+    from PIL import Image
+
+    from timecycle.data.video import DecodeError, probe_frames, read_folder_frames
+    from timecycle.datasets.davis import frame_size
+    from timecycle.datasets.io import read_mask
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("1", (20000, 20000)).save(frames / "00000.png")  # 400 Mpixel in ~50 KB
+    bomb = frames / "00000.png"
+    for read in (read_mask, frame_size):
+        with pytest.raises(UserError, match=r"00000\.png: cannot read image \(Image size"):
+            read(bomb)
+    for read in (lambda: probe_frames(frames), lambda: read_folder_frames(frames, [0])):
+        with pytest.raises(DecodeError, match=r"00000\.png.*Image size"):
+            read()
+
+
+def test_training_on_undecodable_frames_ends_in_one_line_without_hanging(tmp_path):
+    # Every clip of the only video fails (its frames change size halfway), in a DataLoader
+    # worker: the error reaches the command as one line naming the folder, and the process
+    # exits: the workers ignore SIGTERM, which multiprocessing's exit handler relies on.
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    video = tmp_path / "videos" / "v"
+    video.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        size = (64, 48) if i % 2 == 0 else (48, 64)
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+            video / f"{i:05d}.jpg")
+    done = subprocess.run(
+        [sys.executable, "-m", "timecycle", "train", "--data", str(tmp_path / "videos"),
+         "--out", str(tmp_path / "run"), "--preset", "small", "--short-side", "64", "--crop",
+         "64", "--patch", "56", "--fps", "native", "--steps", "2", "--batch-size", "1",
+         "--workers", "1", "--threads", "1", "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=180)
+    assert_one_line_error(done.returncode, done.stderr, str(video), "cannot be decoded",
+                          "frame is 48x64, the folder's 00000.jpg 64x48")
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------ option values

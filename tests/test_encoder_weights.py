@@ -266,6 +266,30 @@ def test_native_checkpoints(tmp_path, head, wrapped):
     assert info.ignored == (("tracker.localizer.conv.weight",) if wrapped else ())
 
 
+def test_a_run_checkpoint_is_content_checked_and_weights_must_be_finite(tmp_path):
+    # A timecycle run's last.pt stores the sha256 of its contents: --weights checks it as
+    # --resume does, so a corrupt file is refused, not propagated into masks of J&F 0.
+    from timecycle.engine.checkpoint import save_checkpoint
+
+    src = _source()
+    model = {"encoder." + k: v.clone() for k, v in src.state_dict().items()}
+    run = tmp_path / "run"
+    path = save_checkpoint(run, {"model": model, "optimizer": _adam_state(), "step": 1,
+                                 "config": {"arch": "resnet18"}}, step=1, numbered=False)
+    _assert_loaded(_encoder(seed=2), src, path)
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["encoder.layer3.0.conv1.weight"][0, 0, 0, 0] += 1e30  # sha256 kept
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=r"last\.pt: content check failed"):
+        load_weights(_encoder(), path)
+
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    state["layer2.0.bn1.running_var"][3] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match=r"nan\.pt: weight 'layer2\.0\.bn1\.running_var' holds NaN"):
+        load_weights(_encoder(), tmp_path / "nan.pt")
+
+
 def test_data_parallel_prefix_is_dropped(tmp_path):
     src = _source()
     path = tmp_path / "dp.pth"

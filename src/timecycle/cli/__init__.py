@@ -74,6 +74,17 @@ def _one_line_warnings(default):
     return show
 
 
+def _one_line(err: UserError) -> str:
+    """The error's message. One raised in a DataLoader worker reaches the training process
+    rebuilt around the worker's traceback ("Caught UserError in DataLoader worker process
+    0. Original Traceback ..."), whose last line holds the message."""
+    text = str(err)
+    if "\n" in text and text.startswith("Caught UserError"):
+        last = text.strip().splitlines()[-1]
+        return last.split("UserError: ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.run(args) or 0)
         except UserError as err:
             _close_progress_bars()
-            print(f"timecycle: error: {err}", file=sys.stderr)
+            print(f"timecycle: error: {_one_line(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             _close_progress_bars()

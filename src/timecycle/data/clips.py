@@ -211,8 +211,12 @@ class ClipDataset(Dataset):
                 continue
             sample.update(video_index=v, index=i, retries=attempt)
             return sample
-        raise RuntimeError(f"sample {i}: {self.config.max_attempts} draws in a row hit "
-                           f"unreadable videos ({len(self.failed)} known bad so far)")
+        # The data's fault, not a bug: name the videos that keep failing, and why.
+        bad = list(self.failed.items())
+        named = "; ".join(f"{path}: {reason}" for path, reason in bad[:3])
+        raise UserError(f"{self.config.max_attempts} clip draws in a row hit videos that cannot "
+                        f"be decoded ({len(bad)} of {len(self.videos)} so far; {named}"
+                        f"{'; ...' if len(bad) > 3 else ''})")
 
     def read_clip(self, v: int, rng: np.random.Generator) -> np.ndarray:
         """(T, H, W, 3) uint8 frames of video v at `span_offsets` from a random start, short

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from timecycle.datasets.io import IMAGE_SUFFIXES
+from timecycle.datasets.io import IMAGE_ERRORS, IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm")  # SPEC 5: a folder of mp4/avi/mkv/webm
 # Frames a stream may end before the count its container declares (a count estimated from
@@ -188,7 +188,7 @@ def probe_frames(folder: str | Path) -> dict:
         with Image.open(first) as img:
             width, height = img.size
             img.load()  # prove the first frame decodes
-    except (OSError, SyntaxError, ValueError) as err:
+    except IMAGE_ERRORS as err:
         raise DecodeError(first, f"cannot read image ({err})") from None
     return {"n_frames": len(names), "fps": None, "width": width, "height": height}
 
@@ -204,17 +204,23 @@ def read_folder_frames(
     folder = str(folder)
     names = _cached_frame_files(folder)
     out = []
+    first: tuple[str, tuple[int, int]] | None = None  # a clip's frames share one size
     for i in indices:
         if not 0 <= i < len(names):
             raise DecodeError(folder, f"frame {i} requested, folder has {len(names)} images")
         path = os.path.join(folder, names[i])
         try:
             with Image.open(path) as img:
+                if first is None:
+                    first = (names[i], img.size)
+                elif img.size != first[1]:
+                    raise DecodeError(path, f"frame is {img.size[0]}x{img.size[1]}, the "
+                                            f"folder's {first[0]} {first[1][0]}x{first[1][1]}")
                 size = resized_size(*img.size, short_side)
                 # JPEG: decode at 1/2, 1/4 or 1/8 scale (still >= target size) in the DCT domain.
                 img.draft("RGB", size)
                 arr = np.asarray(img.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as err:
+        except IMAGE_ERRORS as err:
             raise DecodeError(path, f"cannot read image ({err})") from None
         if (arr.shape[1], arr.shape[0]) != size:
             arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timecycle.datasets.io import frame_files, read_frame, read_mask
+from timecycle.datasets.io import IMAGE_ERRORS, frame_files, read_frame, read_mask
 from timecycle.datasets.names import requested_names
 from timecycle.errors import UserError
 
@@ -65,7 +65,7 @@ def frame_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size[1], img.size[0]
-    except (OSError, SyntaxError) as err:
+    except IMAGE_ERRORS as err:
         raise UserError(f"cannot read image ({err})", path) from None
 
 

@@ -45,13 +45,18 @@ def frame_files(folder: Path, kind: str = "video") -> tuple[Path, ...]:
     return frames
 
 
+# What PIL raises for a file that is not a readable image: damaged or foreign bytes, and a
+# header claiming more pixels than PIL's decompression-bomb limit (an Exception of its own).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise UserError("is a folder, not an image file" if path.is_dir() else "no such file", path)
     try:
         img = Image.open(path)
         img.load()  # decode now: a truncated file fails here, not later
-    except (OSError, SyntaxError, ValueError) as err:
+    except IMAGE_ERRORS as err:
         raise UserError(f"cannot read image ({err})", path) from None
     return img
 

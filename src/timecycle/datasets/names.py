@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from timecycle.errors import UserError
 
@@ -26,8 +26,21 @@ def requested_names(
         names = read_list(listing)
         if not names:  # an empty list file: name it (not "no sequences given (None)")
             raise UserError(f"the list names no {what}", listing)
+        check_inside(names, what, listing)
         return names
     names = [s.strip() for s in str(spec).split(",") if s.strip()]
     if not names:
         raise UserError(f"no {what} given ({spec})")
+    check_inside(names, what, None)
     return names
+
+
+def check_inside(names: list[str], what: str, listing: Path | None) -> None:
+    """A name is a folder under the dataset's root and the results folder: one that is
+    absolute or climbs with `..` would read and write outside them."""
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if (not parts or PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor
+                or ".." in parts):
+            raise UserError(f"{what[:-1]} name {name!r} leaves the dataset's folders: names "
+                            "are relative, without '..'", listing)

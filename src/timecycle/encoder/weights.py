@@ -152,6 +152,7 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
         path, builtin = builtin_path(encoder.arch)
     path = Path(path)
     checkpoint = read_checkpoint(path)
+    _check_stored_digest(checkpoint, path)
     state, layout, original = _find_state_dict(checkpoint, path)
     sha256 = file_sha256(path)
     padding_mode = builtin["padding_mode"] if builtin else _padding_mode(checkpoint, layout)
@@ -159,6 +160,10 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
     mapped, source, ignored = _map_keys(state, layout, original)
     _check_fit(encoder, mapped, source, layout, path)  # first: a wrong architecture explains most
     _resolve_head(encoder, mapped, source, ignored, layout, path, drop_head)
+    for key, tensor in mapped.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"weight {source.get(key, key)!r} holds NaN or infinite values "
+                            "(a diverged or corrupt checkpoint)", path)
 
     full = encoder.state_dict()
     full.update(mapped)  # keeps the encoder's num_batches_tracked where the file has none
@@ -168,6 +173,20 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
         path=path, format=layout.format, sha256=sha256, tensors=len(mapped),
         ignored=tuple(ignored), padding_mode=padding_mode,
     )
+
+
+def _check_stored_digest(checkpoint: Any, path: Path) -> None:
+    """A timecycle run's checkpoint stores the sha256 of its contents (engine/checkpoint.py):
+    recomputed here as `--resume` does, so a corrupt last.pt is refused, not propagated."""
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("sha256"), str)
+            and checkpoint.get("format") == "timecycle-train"):
+        return
+    from timecycle.engine.checkpoint import content_digest
+
+    contents = {k: v for k, v in checkpoint.items() if k != "sha256"}
+    if content_digest(contents) != checkpoint["sha256"]:
+        raise UserError("content check failed: the sha256 of the contents differs from the one "
+                        "stored at saving (corrupt file)", path)
 
 
 def _padding_mode(checkpoint: Any, layout: _Layout) -> str:

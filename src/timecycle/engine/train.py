@@ -441,6 +441,12 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 stopped = not last
                 break
     finally:
+        # The loader's workers ignore SIGTERM (data/sampler.py seed_worker), and an exception's
+        # traceback can keep the loader alive until exit, where multiprocessing's exit handler
+        # would SIGTERM them and wait forever: end them here, as a finished loader would.
+        shutdown = getattr(batches, "_shutdown_workers", None)  # absent with workers=0
+        if shutdown is not None:
+            shutdown()
         bar.close()
         log.close()
         if proxy is not None:
