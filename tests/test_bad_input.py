@@ -171,6 +171,16 @@ def test_sizes_below_one_are_refused_first(command, flag, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", list(SIZE_COMMANDS))
+def test_a_tile_too_large_is_refused_first(command, tmp_path, capsys):
+    # A tile as large as the frame asked for a window product of hundreds of GB.
+    out = tmp_path / "out"
+    argv = [a.format(d=tmp_path) for a in SIZE_COMMANDS[command]]
+    code, _, err = _run(capsys, *argv, "--encoder", "pixel", "--out", out, "--tile", "300")
+    assert_one_line_error(code, err, "--tile must be <= 32, got 300")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("encoder", ["pixel", "identity"])
 def test_a_head_on_a_baseline_is_refused(encoder, synthetic_davis, tmp_path, capsys):
     out = tmp_path / "o"

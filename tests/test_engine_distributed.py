@@ -177,7 +177,7 @@ def test_the_collectives_timeout_is_the_runs(monkeypatch, tmp_path):
                                    config.dist_timeout_minutes):
         pass
     assert calls == [("gloo", datetime.timedelta(minutes=120)), "end"]
-    with pytest.raises(UserError, match="--dist-timeout must be > 0 minutes"):
+    with pytest.raises(UserError, match="dist_timeout_minutes must be a finite number > 0"):
         make_config("full", dist_timeout_minutes=0)
 
 # Two processes -------------------------------------------------------------------------------

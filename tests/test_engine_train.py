@@ -90,6 +90,24 @@ def test_overrides_layer_on_the_preset_and_round_trip():
         make_config("huge")
 
 
+@pytest.mark.parametrize("field, value", [("lr", float("nan")), ("lr", float("inf")),
+                                          ("lr", 0.0), ("fps", float("nan")),
+                                          ("save_minutes", float("nan")), ("workers", -1),
+                                          ("epochs", float("inf"))])
+def test_numbers_that_cannot_train_are_refused_by_name(field, value):
+    # NaN passes comparisons (lr <= 0 is False); an infinite lr trains on NaN losses.
+    overrides = {field: value, **({"steps": None} if field == "epochs" else {})}
+    with pytest.raises(UserError, match=f"^{field} must be"):
+        make_config("small", **overrides)
+
+
+def test_cli_fps_must_be_a_finite_rate(data, tmp_path, capsys):
+    for bad in ("nan", "inf", "-2"):
+        with pytest.raises(SystemExit):
+            cli_config(data, tmp_path, "--fps", bad)
+        assert "must be a finite number > 0 (or 'native')" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_different_model():
     saved = make_config("small")
     assert check_resumable(saved, make_config("small", steps=900, workers=0)) == ["steps", "workers"]

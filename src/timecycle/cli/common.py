@@ -9,7 +9,7 @@ import sys
 from timecycle.datasets.davis import DavisRoot
 from timecycle.encoder import ENCODERS
 from timecycle.errors import UserError
-from timecycle.propagation.windows import DEFAULT_TILE
+from timecycle.propagation.windows import DEFAULT_TILE, MAX_TILE
 
 
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
@@ -74,10 +74,20 @@ def add_propagate_args(p: argparse.ArgumentParser, protocols, out_help: str) -> 
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                   help=f"query tile of restricted windows (default {DEFAULT_TILE})")
+                   help=f"query tile of restricted windows (default {DEFAULT_TILE}, at most "
+                        f"{MAX_TILE})")
     add_precision_arg(p)
     p.add_argument("--evaluate", action="store_true", help="score the predictions at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def check_tile(args: argparse.Namespace) -> None:
+    """--tile within 1..MAX_TILE: 0 fails deep inside, and a tile as large as the frame asks
+    for a window product of hundreds of GB."""
+    check_at_least(args, 1, "--tile")
+    if args.tile > MAX_TILE:
+        raise UserError(f"--tile must be <= {MAX_TILE}, got {args.tile} (a tile's window "
+                        "product grows as its side to the fourth power)")
 
 
 def check_at_least(args: argparse.Namespace, minimum: float, *flags: str,

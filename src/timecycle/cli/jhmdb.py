@@ -7,6 +7,7 @@ import argparse
 from timecycle.cli.common import (
     add_propagate_args,
     check_at_least,
+    check_tile,
     print_propagated,
     start_propagation,
 )
@@ -57,7 +58,8 @@ def run_propagate(args: argparse.Namespace) -> int:
     from timecycle.propagation.jhmdb import propagate_jhmdb
     from timecycle.propagation.presets import KEYPOINT_READOUTS, get_benchmark_protocol
 
-    check_at_least(args, 1, "--batch-size", "--tile")
+    check_at_least(args, 1, "--batch-size")
+    check_tile(args)
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol = get_benchmark_protocol("jhmdb", args.protocol)
         readout = KEYPOINT_READOUTS[args.protocol]

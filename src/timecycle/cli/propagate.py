@@ -8,6 +8,7 @@ from timecycle.cli.common import (
     add_davis_args,
     add_propagate_args,
     check_at_least,
+    check_tile,
     davis_root,
     print_propagated,
     start_propagation,
@@ -32,7 +33,8 @@ def register(sub) -> None:
 def run_davis(args: argparse.Namespace) -> int:
     from timecycle.propagation.davis import propagate_davis
 
-    check_at_least(args, 1, "--batch-size", "--tile")
+    check_at_least(args, 1, "--batch-size")
+    check_tile(args)
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol = get_protocol(args.protocol)
         root = davis_root(args)

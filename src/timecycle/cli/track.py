@@ -6,9 +6,9 @@ import argparse
 import shlex
 import sys
 
-from timecycle.cli.common import add_encoder_args, add_precision_arg, check_at_least
+from timecycle.cli.common import add_encoder_args, add_precision_arg, check_at_least, check_tile
 from timecycle.datasets.io import output_folder
-from timecycle.propagation.windows import DEFAULT_TILE
+from timecycle.propagation.windows import DEFAULT_TILE, MAX_TILE
 
 
 def register(sub) -> None:
@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help=f"one of {', '.join(TRACK_PROTOCOLS)} (default crw)")
     p.add_argument("--batch-size", type=int, default=4, help="frames encoded at once (default 4)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                   help=f"query tile of restricted windows (default {DEFAULT_TILE})")
+                   help=f"query tile of restricted windows (default {DEFAULT_TILE}, at most "
+                        f"{MAX_TILE})")
     add_precision_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
     p.set_defaults(run=run)
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("nothing to track: give --mask, --points or both")
     if args.encoder == "identity":
         raise UserError("track needs features: choose --encoder pixel, resnet18 or resnet50")
-    check_at_least(args, 1, "--batch-size", "--tile")
+    check_at_least(args, 1, "--batch-size")
+    check_tile(args)
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol, readout = track_protocol(args.protocol)
         notes = default_weights(args)

@@ -20,6 +20,7 @@ SIGTERM or SIGUSR1 finish the current step, save RUN/last.pt and exit with statu
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,8 +33,8 @@ def _fps(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number or 'native': {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0 (or 'native')")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("must be a finite number > 0 (or 'native')")
     return value
 
 

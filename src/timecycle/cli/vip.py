@@ -7,6 +7,7 @@ import argparse
 from timecycle.cli.common import (
     add_propagate_args,
     check_at_least,
+    check_tile,
     print_propagated,
     start_propagation,
 )
@@ -52,7 +53,8 @@ def run_propagate(args: argparse.Namespace) -> int:
     from timecycle.propagation.presets import get_benchmark_protocol
     from timecycle.propagation.vip import propagate_vip
 
-    check_at_least(args, 1, "--batch-size", "--tile")
+    check_at_least(args, 1, "--batch-size")
+    check_tile(args)
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol = get_benchmark_protocol("vip", args.protocol)
         root = VipRoot(args.root)

@@ -194,12 +194,18 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"steps must be >= 1, got {self.steps}")
-        if self.steps is None and not self.epochs > 0:
+        # `not (x > 0)` and isfinite: NaN passes every comparison-based check, and an infinite
+        # learning rate trains on NaN losses.
+        if self.steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise UserError(f"epochs must be > 0, got {self.epochs}")
-        if not self.dist_timeout_minutes > 0:
-            raise UserError(f"--dist-timeout must be > 0 minutes, got {self.dist_timeout_minutes}")
-        if self.lr <= 0 or self.workers < 0 or self.warmup_steps < 0 or self.save_minutes < 0:
-            raise UserError("need lr > 0, workers >= 0, warmup_steps >= 0 and save_minutes >= 0")
+        for name in ("lr", "dist_timeout_minutes") + (("fps",) if self.fps is not None else ()):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("workers", "warmup_steps", "save_minutes"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} must be >= 0, got {value}")
         if self.probe_every < 0:
             raise UserError(f"probe_every must be >= 0 (0: never), got {self.probe_every}")
         if self.keep_last < 0:

@@ -31,6 +31,10 @@ OUTSIDE = -1e4
 # cells) 6 pads to 60 x 108 where 8 pads to 64 x 112, and ran 7-8% faster end to end than 8
 # with identical output (car-shadow, blackswan; bench/propagate_profile.py).
 DEFAULT_TILE = 6
+# The largest tile: a tile's product over its window grows as tile^2 (tile + 2 radius)^2 per
+# context frame, ~0.3 GB a strip at 32 (radius 12, 21 frames) and 2.7 GB at 64; larger
+# tiles batch more but ran no faster than 6 (bench/propagate_profile.py).
+MAX_TILE = 32
 
 
 @dataclass(frozen=True)
