@@ -132,6 +132,34 @@ def test_propagate_davis_failure_leaves_nothing(existing, synthetic_davis, tmp_p
         assert not out.exists()
 
 
+def test_sigterm_during_propagation_removes_what_it_wrote(synthetic_davis, tmp_path, capsys,
+                                                          monkeypatch):
+    # `kill` or `timeout` (SIGTERM), not only Ctrl-C: the command stops, removes its partial
+    # folders, and exits 143. Sent from inside the encoder, after the first sequence's frames.
+    import signal
+
+    from timecycle.encoder.pixel import PixelEncoder
+
+    real, calls = PixelEncoder.forward, []
+
+    def forward(self, x):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, x)
+
+    monkeypatch.setattr(PixelEncoder, "forward", forward)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, err = _run(capsys, ["propagate", "davis", "--root", synthetic_davis, "--encoder",
+                                 "pixel", "--device", "cpu", "--batch-size", "2", "--quiet",
+                                 "--out", out])
+    assert code == 143 and err.strip().splitlines()[-1] == "timecycle: terminated (SIGTERM)"
+    assert len(calls) >= 4 and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was the command's
+
+
 def test_library_propagation_failure_removes_its_partial_folder(synthetic_davis, tmp_path):
     """Called from Python (no CLI around it), a failed sequence leaves no `.partial-<name>`."""
     import torch

@@ -15,7 +15,10 @@ closed first. timecycle's own warnings (a skipped video, a passed-over checkpoin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -74,6 +77,27 @@ def _one_line_warnings(default):
     return show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler) during a command: raised in the main thread as
+    Ctrl-C's KeyboardInterrupt is, so a command removes what it wrote the same way. `train`
+    replaces it with its own handler: finish the step, save, exit 75 (engine/signals.py)."""
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm():
+    def handler(signum: int, frame) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python installs handlers from the main thread only
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _one_line(err: UserError) -> str:
     """The error's message. One raised in a DataLoader worker reaches the training process
     rebuilt around the worker's traceback ("Caught UserError in DataLoader worker process
@@ -92,11 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():  # the one-line format only while the command runs
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         try:
-            return int(args.run(args) or 0)
+            with _terminate_on_sigterm():
+                return int(args.run(args) or 0)
         except UserError as err:
             _close_progress_bars()
             print(f"timecycle: error: {_one_line(err)}", file=sys.stderr)
             return 2
+        except Terminated:
+            _close_progress_bars()
+            print("timecycle: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
         except KeyboardInterrupt:
             _close_progress_bars()
             print("timecycle: interrupted", file=sys.stderr)
