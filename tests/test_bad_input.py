@@ -340,6 +340,16 @@ def test_track_refuses_a_video_cut_short(tmp_path, capsys):
                         "pixel", "--device", "cpu", "--out", out, "--quiet")
     assert_one_line_error(code, err, "cut.mp4", "truncated")
     assert not out.exists()
+    # The other commands given one video: a figure or a demo of its first frames alone would
+    # look complete too.
+    from PIL import Image
+
+    Image.fromarray(np.pad(np.ones((20, 20), np.uint8), 20), "L").save(tmp_path / "m.png")
+    for argv in (["visualize", "texture", "--video", video, "--encoder", "pixel"],
+                 ["demo", "--video", video, "--mask", tmp_path / "m.png", "--steps", "1"]):
+        code, _, err = _run(capsys, *argv, "--device", "cpu", "--out", out)
+        assert_one_line_error(code, err, "cut.mp4", "of the 30 frames its header declares")
+        assert not out.exists()
 
 
 # ------------------------------------------------------------------ results read back by evaluate

@@ -78,10 +78,12 @@ def _decode_clip(video: str) -> list:
     if src.is_dir():
         frames = [read_frame(src / n) for n in list_frame_files(src)]
     elif src.is_file():
-        from timecycle.data.video import DecodeError, probe_video
+        from timecycle.data.video import DecodeError, check_whole, probe_video
 
         try:
-            n = probe_video(src)["n_frames"]
+            info = probe_video(src)
+            check_whole(src, info)
+            n = info["n_frames"]
             frames = list(decode(src, "video", list(range(n)), short_side=None))
         except DecodeError as err:
             raise UserError(f"cannot decode the video ({err.reason})", src) from None

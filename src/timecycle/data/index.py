@@ -138,6 +138,7 @@ def _probe(path: str, kind: str, key: tuple[int, int]) -> VideoRecord | dict:
     except _video.DecodeError as err:
         return {"path": path, "kind": kind, "size": key[0], "mtime_ns": key[1],
                 "reason": err.reason}
+    meta.pop("declared_frames", None)  # training samples within the frames that decode
     return VideoRecord(path=path, kind=kind, size=key[0], mtime_ns=key[1], **meta)
 
 

@@ -130,12 +130,24 @@ def probe_video(path: str | Path) -> dict:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
                 n = sum(1 for p in container.demux(stream) if p.size)
-        n = _decodable_length(path, n)
+        declared, n = n, _decodable_length(path, n)
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, StopIteration, RuntimeError) as err:
         raise DecodeError(path, f"cannot open video ({type(err).__name__}: {err})") from None
-    return {"n_frames": int(n), "fps": float(rate), "width": width, "height": height}
+    return {"n_frames": int(n), "fps": float(rate), "width": width, "height": height,
+            "declared_frames": int(declared)}
+
+
+def check_whole(path: str | Path, info: dict) -> None:
+    """A DecodeError when `probe_video`'s file decodes fewer frames than its header declares
+    (beyond END_SLACK): where one video is the whole input (a figure, the demo, `track`),
+    its first frames alone would give output that looks complete. Training samples within
+    the frames that decode instead."""
+    declared = info.get("declared_frames", 0)
+    if declared - info["n_frames"] > END_SLACK:
+        raise DecodeError(path, f"the video ends after {info['n_frames']} of the {declared} "
+                                "frames its header declares: the file is truncated or damaged")
 
 
 def _decodable_length(path: str | Path, n: int) -> int:

@@ -183,7 +183,13 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None, short_sid
     `indices` as given, else `select_frames(n, **select)`; the short side is resized to
     `short_side` when larger (None: native size).
     """
-    from timecycle.data.video import DecodeError, probe_frames, probe_video, read_frames
+    from timecycle.data.video import (
+        DecodeError,
+        check_whole,
+        probe_frames,
+        probe_video,
+        read_frames,
+    )
 
     path = Path(path)
     if not path.exists():
@@ -191,6 +197,8 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None, short_sid
     kind = "frames" if path.is_dir() else "video"
     try:
         info = (probe_frames if kind == "frames" else probe_video)(path)
+        if kind == "video":
+            check_whole(path, info)
         indices = list(indices) if indices is not None else select_frames(info["n_frames"], **select)
         if short_side is not None:  # downscale only: upscaling adds pixels, not detail
             short_side = min(short_side, info["width"], info["height"])
