@@ -380,7 +380,7 @@ class _WritesMarker:
         return (pathlib.Path.write_text, (self.marker, "code ran"))
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on plain pickles
+@pytest.mark.filterwarnings("error")  # torch's two-line note on plain pickles is not shown
 @pytest.mark.parametrize("writer", ["torch.save", "torch.save legacy", "pickle", "pickle v2"])
 def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
     marker = tmp_path / "marker"

@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import re
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,10 @@ def read_checkpoint(path: str | Path) -> Any:
     if _is_safetensors(path):
         return _read_safetensors(path)
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS), warnings.catch_warnings():
+            # A plain pickle.dump file: torch warns on two lines before failing, and the
+            # failure is reported below as one.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     # torch.load signals a damaged or foreign file with many types (UnpicklingError, RuntimeError
     # from the zip reader, EOFError, KeyError, ValueError...): all of them are the file's fault.
