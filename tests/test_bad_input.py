@@ -96,6 +96,47 @@ def test_a_missing_sequence_folder_is_a_user_error(synthetic_davis):
         DavisProxy(synthetic_davis, ["nope"], frames=5, size=64)
 
 
+def test_a_bad_file_met_during_training_is_named_where_the_user_keeps_it(synthetic_davis,
+                                                                        tmp_path):
+    # `train --eval-davis` reads the frames through temporary symlinks (gone by the time the
+    # message is read); a damaged later annotation is named beside the prediction it was
+    # compared with; "no usable videos" says where they were looked for.
+    import torch
+
+    from timecycle.datasets.davis import DavisRoot
+    from timecycle.datasets.io import read_mask, write_mask
+    from timecycle.encoder import build_encoder
+    from timecycle.engine.config import make_config
+    from timecycle.engine.evaluation import DavisProxy
+    from timecycle.engine.train import build_dataset
+
+    root = Path(shutil.copytree(synthetic_davis, tmp_path / "davis"))
+    frame = root / "JPEGImages/480p/synth01/00002.jpg"
+    frame.write_bytes(frame.read_bytes()[:200])
+    proxy = DavisProxy(root, ["synth01"], frames=3, size=64)
+    try:
+        with pytest.raises(UserError) as err:
+            proxy.score(build_encoder("pixel"), torch.device("cpu"))
+    finally:
+        proxy.close()
+    assert err.value.path == frame.resolve() and str(err.value).startswith(str(frame.resolve()))
+
+    root = Path(shutil.copytree(synthetic_davis, tmp_path / "davis2"))
+    mask = root / "Annotations/480p/synth01/00003.png"
+    write_mask(mask, read_mask(mask)[:40, :50])
+    code = main(["propagate", "davis", "--root", str(root), "--sequences", "synth01",
+                 "--encoder", "identity", "--out", str(tmp_path / "o"), "--evaluate", "--quiet"])
+    assert code == 2 and not (tmp_path / "o").exists()
+    from timecycle.metrics.davis_eval import _read_pair
+
+    write_mask(tmp_path / "pred/synth01/00003.png", np.zeros((64, 96), np.uint8))
+    with pytest.raises(UserError, match=f"prediction is 96x64, the annotation {mask} 50x40"):
+        _read_pair(DavisRoot(root).sequence("synth01"), mask, tmp_path / "pred")
+
+    with pytest.raises(UserError, match=r"no usable videos .* under --data /videos/a, /b"):
+        build_dataset(make_config("small", data=["/videos/a", "/b"]), [])
+
+
 def test_a_folder_given_as_an_image(tmp_path):
     from timecycle.datasets.io import read_mask
 

@@ -345,14 +345,14 @@ def _resolve_head(
             return
         raise UserError(
             f"{layout.format} checkpoint has the TimeCycle head ({source[_HEAD_KEY]}, "
-            f"{tuple(mapped[_HEAD_KEY].shape)}) but the encoder was built without one: build it "
-            "with head=True, or pass drop_head=True to use layer3 features",
+            f"{tuple(mapped[_HEAD_KEY].shape)}) but the encoder was built without one: use "
+            "--head yes (head=True), or --head no (drop_head=True) for its layer3 features",
             path,
         )
     if encoder.head is not None and not file_head:
         raise UserError(
             f"{layout.format} checkpoint has no TimeCycle head (afterconv1 / head.conv) but the "
-            "encoder was built with one: build it with head=False",
+            "encoder was built with one: use --head no (head=False)",
             path,
         )
 

@@ -144,6 +144,8 @@ class DavisProxy:
                 propagate_davis(self.root, [name], out, frame_encoder, self.protocol,
                                 {"proxy": str(self.label)}, progress=False)
             row, _, seqs = evaluate_davis(self.root, out, self.names, progress=False)
+        except UserError as err:
+            raise self._named_in_root(err) from None
         finally:
             shutil.rmtree(out, ignore_errors=True)
         scores = {"J&F": float(row["J&F-Mean"]), "J": float(row["J-Mean"]),
@@ -151,6 +153,15 @@ class DavisProxy:
         if per_sequence:
             scores["sequences"] = {k: float(v) for k, v in seqs.items()}
         return scores
+
+    def _named_in_root(self, err: UserError) -> UserError:
+        """`err` naming the user's file: a frame or mask read through this proxy's temporary
+        symlinks (gone once the run ends) is named by the file it links to."""
+        path = err.path
+        if path is None or not path.is_relative_to(self._tmp) or not path.is_symlink():
+            return err
+        message = str(err).removeprefix(f"{path}: ")
+        return UserError(message, path.resolve())
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)

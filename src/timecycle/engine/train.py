@@ -219,9 +219,15 @@ def build_model(config: TrainConfig, loss_config: LossConfig | None = None) -> t
 
 def build_dataset(config: TrainConfig, videos: list[VideoRecord]) -> ClipDataset:
     """The clip stream of `config`'s objective."""
-    if config.objective == "crw":
-        return WalkDataset(videos, config.walk_config(), seed=config.seed)
-    return ClipDataset(videos, config.clip_config(), seed=config.seed)
+    try:
+        if config.objective == "crw":
+            return WalkDataset(videos, config.walk_config(), seed=config.seed)
+        return ClipDataset(videos, config.clip_config(), seed=config.seed)
+    except UserError as err:
+        if err.path is not None:
+            raise
+        # e.g. no usable videos: say where they were looked for
+        raise UserError(f"{err} under --data {', '.join(config.data)}") from None
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Adam:

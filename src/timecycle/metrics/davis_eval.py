@@ -28,7 +28,7 @@ def _read_pair(seq: DavisSequence, gt_path: Path, results: Path) -> tuple[np.nda
     pred = read_mask(pred_path)
     if pred.shape != gt.shape:
         raise UserError(
-            f"prediction is {pred.shape[1]}x{pred.shape[0]}, the annotation "
+            f"prediction is {pred.shape[1]}x{pred.shape[0]}, the annotation {gt_path} "
             f"{gt.shape[1]}x{gt.shape[0]}",
             pred_path,
         )
