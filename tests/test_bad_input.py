@@ -137,6 +137,25 @@ def test_a_bad_file_met_during_training_is_named_where_the_user_keeps_it(synthet
         build_dataset(make_config("small", data=["/videos/a", "/b"]), [])
 
 
+def test_a_first_mask_with_absent_ids_is_warned_about(synthetic_davis, tmp_path, capsys):
+    # DAVIS counts ids 1..max as objects: a stray pixel of id 200 makes 199 phantom objects
+    # that score J = F = 1 everywhere. Kept (it is the official rule), but said.
+    from timecycle.datasets.io import read_mask, write_mask
+
+    root = Path(shutil.copytree(synthetic_davis, tmp_path / "davis"))
+    first = root / "Annotations/480p/synth00/00000.png"
+    ids = read_mask(first)
+    ids[:2, :2] = 200
+    write_mask(first, ids)
+    code, _, err = _propagate(capsys, root, tmp_path / "o", "--sequences", "synth00")
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if "count as 200 objects" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"timecycle: warning: {first}: ids 1..200")
+    assert "scores J = F = 1" in lines[0]
+    code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o2", "--sequences", "synth00")
+    assert code == 0 and "objects" not in err  # a mask with every id: nothing to say
+
+
 def test_a_folder_given_as_an_image(tmp_path):
     from timecycle.datasets.io import read_mask
 

@@ -7,6 +7,7 @@ masks are binary: 0 background, 255 the one object (not void).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,16 @@ class DavisSequence:
         n_objects = int(ids.max())
         if n_objects == 0:
             raise UserError("the first-frame mask is empty: there is no object to propagate", path)
+        present = np.unique(ids[ids > 0])
+        if len(present) < n_objects:
+            # The DAVIS evaluation counts ids 1..max as objects; one absent from frame 0 is
+            # then absent from ground truth and prediction alike, and scores J = F = 1 on
+            # every frame. A stray id or a JPEG saved as .png inflates J&F so, silently.
+            shown = ", ".join(map(str, present[:8])) + (", ..." if len(present) > 8 else "")
+            warnings.warn(f"{path}: ids 1..{n_objects} count as {n_objects} objects, as the "
+                          f"DAVIS evaluation counts them, but only {len(present)} are in the "
+                          f"mask ({shown}): each absent one scores J = F = 1 on every frame",
+                          MaskWarning, stacklevel=2)
         frame_hw = frame_size(self.frames[0])
         if ids.shape != frame_hw:
             raise UserError(
@@ -67,6 +78,10 @@ def frame_size(path: Path) -> tuple[int, int]:
             return img.size[1], img.size[0]
     except IMAGE_ERRORS as err:
         raise UserError(f"cannot read image ({err})", path) from None
+
+
+class MaskWarning(UserWarning):
+    """A first-frame mask the DAVIS rules read as something other than it probably is."""
 
 
 class DavisRoot:
