@@ -160,6 +160,31 @@ def test_sigterm_during_propagation_removes_what_it_wrote(synthetic_davis, tmp_p
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was the command's
 
 
+def test_a_failed_rerun_leaves_the_previous_results_whole(synthetic_davis, tmp_path, capsys):
+    # A rerun into a results folder replaces each sequence as it finishes. If a later one
+    # fails, the earlier ones must not stay replaced: old and new mixed would still evaluate.
+    root = Path(shutil.copytree(synthetic_davis, tmp_path / "root"))
+    out = tmp_path / "o"
+    argv = ["propagate", "davis", "--root", root, "--device", "cpu", "--quiet", "--out", out,
+            "--evaluate"]
+    assert _run(capsys, argv + ["--encoder", "pixel"])[0] == 0
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file()}
+
+    first = snapshot()
+    assert "propagation.json" in first and "synth00/00003.png" in first
+    _truncate(root / "JPEGImages/480p/synth02/00004.jpg")  # the last sequence fails
+    code, _, err = _run(capsys, argv + ["--encoder", "pixel", "--protocol", "dino"])
+    assert_one_line_error(code, err, "00004.jpg")
+    assert snapshot() == first  # synth00 and synth01 put back, scores and provenance too
+    shutil.copy(synthetic_davis / "JPEGImages/480p/synth02/00004.jpg",
+                root / "JPEGImages/480p/synth02/00004.jpg")
+    assert _run(capsys, argv + ["--encoder", "pixel", "--protocol", "dino"])[0] == 0
+    assert snapshot() != first and not list(out.glob(".*"))  # replaced, nothing set aside
+
+
 def test_library_propagation_failure_removes_its_partial_folder(synthetic_davis, tmp_path):
     """Called from Python (no CLI around it), a failed sequence leaves no `.partial-<name>`."""
     import torch

@@ -10,6 +10,7 @@ the command fails (`output_folder`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import os
@@ -208,16 +209,48 @@ def _inside(name: object, folder: Path) -> bool:
     return Path(os.path.abspath(name)).is_relative_to(os.path.abspath(folder))
 
 
+# The entries an `output_folder` block has replaced so far, (original, set-aside copy) pairs;
+# None outside such a block.
+_REPLACED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+    "timecycle_replaced", default=None)
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_entry(path: Path) -> None:
+    """Make way for a new `path` (a result file or folder a command writes again). Inside an
+    `output_folder` block the old one is set aside as `.replaced-<name>` until the block ends:
+    dropped if it succeeds, put back if it fails, so a failed rerun leaves the previous
+    results whole instead of a mixture of old and new that still evaluates. Elsewhere it is
+    deleted."""
+    if not path.exists() and not path.is_symlink():
+        return
+    replaced = _REPLACED.get()
+    if replaced is None:
+        _delete(path)
+        return
+    aside = path.with_name(f".replaced-{path.name}")
+    if aside.exists() or aside.is_symlink():
+        _delete(aside)
+    path.rename(aside)
+    replaced.append((path, aside))
+
+
 @contextlib.contextmanager
 def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """A command's output folder: checked first (`check_output_folder`), tidied if it fails.
 
     If the block raises (a user error, a bug, Ctrl-C), everything it added under `path` is
-    removed again (and `path` itself, with any parents, when the block made it), so a failed
-    command leaves nothing that was not there before; `keep(path)` True keeps the partial
-    output (a run with a checkpoint that `--resume` continues). Files the block changed or
-    replaced stay as they are now. An OSError on a file inside `path` (disk full, read-only)
-    becomes a UserError naming that file.
+    removed again (and `path` itself, with any parents, when the block made it), and what it
+    replaced through `replace_entry` is put back, so a failed command leaves what was there
+    before; `keep(path)` True keeps the partial output (a run with a checkpoint that
+    `--resume` continues). Files changed in place stay as they are now. An OSError on a file
+    inside `path` (disk full, read-only) becomes a UserError naming that file.
     """
     path = check_output_folder(path)
     top = path  # the outermost folder the block will create
@@ -225,15 +258,28 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
         top = top.parent
     existed = path.exists()
     before = _entries(path) if existed else set()
+    replaced: list[tuple[Path, Path]] = []
+    token = _REPLACED.set(replaced)
     try:
         yield path
     except BaseException as err:
+        _REPLACED.reset(token)
         if keep is None or not keep(path):
+            for original, aside in reversed(replaced):
+                if original.exists() or original.is_symlink():
+                    _delete(original)
+                aside.rename(original)
             if existed:
                 _remove_new(path, before)
             else:
                 shutil.rmtree(top, ignore_errors=True)
+        else:
+            for _, aside in replaced:
+                _delete(aside)
         if isinstance(err, OSError) and _inside(err.filename, path):
             reason = err.strerror or type(err).__name__
             raise UserError(f"cannot write ({reason})", err.filename) from None
         raise
+    _REPLACED.reset(token)
+    for _, aside in replaced:
+        _delete(aside)

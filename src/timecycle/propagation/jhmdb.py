@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from timecycle.datasets.io import atomic_path
+from timecycle.datasets.io import atomic_path, replace_entry
 from timecycle.datasets.jhmdb import JhmdbRoot, JhmdbVideo
 from timecycle.errors import UserError
 from timecycle.metrics.jhmdb import RESULT_FILES
@@ -79,6 +79,7 @@ def propagate_jhmdb(
     for video, gt in tqdm(list(zip(videos, truth)), desc="videos", unit="video", disable=not progress):
         start = time.perf_counter()
         pred = propagate_video(video, frame_encoder, protocol, readout, batch_size, tile, joints=gt)
+        replace_entry(out_dir / f"{video.name}.npy")  # put back if a later video fails
         save_prediction(out_dir / f"{video.name}.npy", pred)
         stats.sequences.append(
             SequenceStats(video.name, len(video.frames), time.perf_counter() - start, gt.shape[1])

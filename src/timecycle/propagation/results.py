@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from timecycle.datasets.io import read_json_object, write_json_atomic, write_mask
+from timecycle.datasets.io import (
+    read_json_object,
+    replace_entry,
+    write_json_atomic,
+    write_mask,
+)
 from timecycle.errors import UserError
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids
@@ -67,7 +72,7 @@ def start_results(out_dir: str | Path, stale: Iterable[str]) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (PROVENANCE_FILE, *stale):
-        (out_dir / name).unlink(missing_ok=True)
+        replace_entry(out_dir / name)
     return out_dir
 
 
@@ -115,8 +120,7 @@ def partial_folder(out_dir: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     final = out_dir / name
-    if final.exists():
-        shutil.rmtree(final)
+    replace_entry(final)
     partial.rename(final)
 
 
