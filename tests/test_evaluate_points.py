@@ -94,7 +94,8 @@ def test_a_point_never_visible_is_left_out_of_the_mean(tmp_path):
     ("names", ["gt.json", "expected 2 points"]),
     ("shape", ["tracks.npy", "expected (T, 2, 2)"]),
     ("json", ["gt.json", "not a points ground-truth JSON"]),
-    ("alpha", ["--alpha must be positive"]),
+    ("alpha", ["--alpha must be a finite number > 0, got -1"]),
+    ("alpha inf", ["--alpha must be a finite number > 0, got inf"]),
 ])
 def test_bad_input_is_one_line(case, needles, tmp_path, capsys):
     frames = [{"frame": 1, "xy": [[1, 1], [2, 2], [3, 3]]}] if case == "names" else FRAMES
@@ -102,7 +103,7 @@ def test_bad_input_is_one_line(case, needles, tmp_path, capsys):
     if case == "json":
         (tmp_path / "gt.json").write_text("{not json")
     np.save(tmp_path / "tracks.npy", np.zeros((3, 3 if case == "shape" else 2, 2)))
-    alpha = "-1" if case == "alpha" else "0.1"
+    alpha = {"alpha": "-1", "alpha inf": "inf"}.get(case, "0.1")
     code, _, err = _run(capsys, "evaluate", "points", "--gt", str(tmp_path / "gt.json"), "--pred",
                         str(tmp_path / "tracks.npy"), "--alpha", alpha)
     assert_one_line_error(code, err, *needles)

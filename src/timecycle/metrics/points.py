@@ -119,8 +119,8 @@ def _box_scale(xy: np.ndarray) -> float:
 def points_pck(gt: PointsGroundTruth, pred: np.ndarray, alpha: float = 0.1,
                masks: str | Path | None = None) -> PointsPck:
     """PCK@alpha per point and their mean (module docstring)."""
-    if not alpha > 0:
-        raise UserError(f"--alpha must be positive, got {alpha}")
+    if not (math.isfinite(alpha) and alpha > 0):  # inf would count every point correct
+        raise UserError(f"--alpha must be a finite number > 0, got {alpha}")
     masks_dir = Path(masks) if masks is not None else None
     if masks_dir is not None and not masks_dir.is_dir():
         raise UserError("masks folder not found", masks_dir)
