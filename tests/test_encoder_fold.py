@@ -50,6 +50,18 @@ def test_folded_encoder_computes_the_same_features(arch, head, padding):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
+def test_synchronised_batchnorm_folds_too():
+    # A `train --sync-bn` network evaluated during training: SyncBatchNorm is, at test time,
+    # the same affine map of its running statistics.
+    net = nn.SyncBatchNorm.convert_sync_batchnorm(_with_statistics(build_encoder("resnet18")))
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in folded.modules())
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        want = net.eval()(x)
+        torch.testing.assert_close(folded(x), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 def test_batch_statistics_are_not_folded():
     """A BatchNorm without running statistics normalises with the batch's own: not a fixed
     affine map, so it stays."""

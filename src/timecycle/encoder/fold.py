@@ -18,12 +18,13 @@ from timecycle.encoder.blocks import BasicBlock, Bottleneck
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    # SyncBatchNorm (`train --sync-bn`): at test time the same affine map of its statistics.
+    return (isinstance(conv, nn.Conv2d) and isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm))
             and bn.running_mean is not None and bn.running_var is not None)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of `module` in eval mode with each Conv2d -> BatchNorm2d pair fused into one Conv2d
+    """A copy of `module` in eval mode with each Conv2d -> BatchNorm pair fused into one Conv2d
     and the BatchNorm replaced by nn.Identity. `module` itself is left untouched (evaluation
     during training passes the network being trained).
 
