@@ -141,9 +141,9 @@ def probe_video(path: str | Path) -> dict:
 
 def check_whole(path: str | Path, info: dict) -> None:
     """A DecodeError when `probe_video`'s file decodes fewer frames than its header declares
-    (beyond END_SLACK): where one video is the whole input (a figure, the demo, `track`),
-    its first frames alone would give output that looks complete. Training samples within
-    the frames that decode instead."""
+    (beyond END_SLACK): where one video is the whole input (a texture figure, the demo; `track`
+    checks as it decodes), its first frames alone would give output that looks complete.
+    Training samples within the frames that decode instead."""
     declared = info.get("declared_frames", 0)
     if declared - info["n_frames"] > END_SLACK:
         raise DecodeError(path, f"the video ends after {info['n_frames']} of the {declared} "
