@@ -185,6 +185,60 @@ def test_a_failed_rerun_leaves_the_previous_results_whole(synthetic_davis, tmp_p
     assert snapshot() != first and not list(out.glob(".*"))  # replaced, nothing set aside
 
 
+def test_replaced_entries_come_back_whatever_the_block_did_with_them(tmp_path):
+    # The same output replaced twice in one block (a name given twice), and a block inside
+    # another (the demo's results folders): a failure still puts back the first original.
+    from timecycle.datasets.io import output_folder, replace_entry
+
+    out = tmp_path / "o"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "x.png").write_text("old")
+    (out / "b.csv").write_text("old")
+    with pytest.raises(KeyError), output_folder(out):
+        for text in ("new", "newer"):
+            replace_entry(out / "a")
+            (out / "a").mkdir()
+            (out / "a" / "x.png").write_text(text)
+        with output_folder(out / "inner"):  # succeeds: its replacements stay the outer's
+            replace_entry(out / "b.csv")
+            (out / "b.csv").write_text("new")
+        raise KeyError("a later failure")
+    assert {str(p.relative_to(out)): p.read_text() for p in out.rglob("*") if p.is_file()} == {
+        "a/x.png": "old", "b.csv": "old"}
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b.csv"]
+    with output_folder(out):  # success: nothing set aside stays
+        replace_entry(out / "a")
+        replace_entry(out / "a")
+    assert sorted(p.name for p in out.iterdir()) == ["b.csv"]
+
+
+def test_a_failed_track_rerun_leaves_the_previous_run_whole(tmp_path, capsys):
+    frames = _frame_folder(tmp_path / "frames", n=6)
+    (tmp_path / "p.csv").write_text("id,x,y\na,20,20\n")
+    out = tmp_path / "t"
+    argv = ["track", frames, "--points", tmp_path / "p.csv", "--encoder", "pixel", "--device",
+            "cpu", "--quiet", "--out", out]
+    assert _run(capsys, argv)[0] == 0
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert "track.json" in before and "tracks.npy" in before
+    _truncate(frames / "00004.png")
+    code, _, err = _run(capsys, argv + ["--flow"])
+    assert_one_line_error(code, err, "00004.png")
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # track.json, tracks, overlay and page put back; no flow.npy
+
+
+def test_names_are_taken_once_in_their_plain_form(synthetic_davis, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = _run(capsys, ["propagate", "davis", "--root", synthetic_davis, "--encoder",
+                                 "identity", "--quiet", "--out", out, "--sequences",
+                                 "synth00,./synth00/,synth01,synth00"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["propagation.json", "synth00", "synth01"]
+    record = json.loads((out / "propagation.json").read_text())
+    assert [s["name"] for s in record["sequences"]] == ["synth00", "synth01"]
+
+
 def test_library_propagation_failure_removes_its_partial_folder(synthetic_davis, tmp_path):
     """Called from Python (no CLI around it), a failed sequence leaves no `.partial-<name>`."""
     import torch

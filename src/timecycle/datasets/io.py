@@ -231,8 +231,8 @@ def replace_entry(path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         return
     replaced = _REPLACED.get()
-    if replaced is None:
-        _delete(path)
+    if replaced is None or any(original == path for original, _ in replaced):
+        _delete(path)  # nothing to keep, or this block's own output written twice
         return
     aside = path.with_name(f".replaced-{path.name}")
     if aside.exists() or aside.is_symlink():
@@ -259,6 +259,7 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
     existed = path.exists()
     before = _entries(path) if existed else set()
     replaced: list[tuple[Path, Path]] = []
+    outer = _REPLACED.get()  # a block inside another command's block (the demo's results)
     token = _REPLACED.set(replaced)
     try:
         yield path
@@ -281,5 +282,8 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
             raise UserError(f"cannot write ({reason})", err.filename) from None
         raise
     _REPLACED.reset(token)
+    if outer is not None:  # the enclosing command may still fail: it puts them back then
+        outer.extend(replaced)
+        return
     for _, aside in replaced:
         _delete(aside)

@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from timecycle.datasets.io import frame_files
-from timecycle.datasets.names import check_inside
+from timecycle.datasets.names import check_inside, normalised
 from timecycle.errors import UserError
 
 N_JOINTS = 15
@@ -141,6 +141,7 @@ class JhmdbRoot:
             raise UserError(f"no videos given ({spec if spec is not None else self.images})")
         check_inside(names, "videos", Path(spec) if spec is not None and Path(spec).is_file()
                      else None)
+        names = normalised(names)
         bad = [n for n in names if video_name_of(n) != n]
         if bad:
             raise UserError(f"video names must be '<class>/<video>': {', '.join(bad)}")

@@ -27,12 +27,18 @@ def requested_names(
         if not names:  # an empty list file: name it (not "no sequences given (None)")
             raise UserError(f"the list names no {what}", listing)
         check_inside(names, what, listing)
-        return names
+        return normalised(names)
     names = [s.strip() for s in str(spec).split(",") if s.strip()]
     if not names:
         raise UserError(f"no {what} given ({spec})")
     check_inside(names, what, None)
-    return names
+    return normalised(names)
+
+
+def normalised(names: list[str]) -> list[str]:
+    """Each name once, in its plain form ("./a/" is "a"), in the order given: a folder named
+    twice would be propagated, and its results replaced, twice."""
+    return list(dict.fromkeys(PurePosixPath(n).as_posix() for n in names))
 
 
 def check_inside(names: list[str], what: str, listing: Path | None) -> None:

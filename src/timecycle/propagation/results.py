@@ -111,7 +111,8 @@ def read_provenance(results: Path) -> dict | None:
 @contextlib.contextmanager
 def partial_folder(out_dir: Path, name: str) -> Iterator[Path]:
     """Yield `.partial-<name>`; on success it replaces `<name>`, on failure it is removed."""
-    partial = out_dir / f".partial-{name}"
+    final = out_dir / name
+    partial = final.with_name(f".partial-{final.name}")  # beside it, also for "class/video"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
@@ -119,7 +120,6 @@ def partial_folder(out_dir: Path, name: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    final = out_dir / name
     replace_entry(final)
     partial.rename(final)
 

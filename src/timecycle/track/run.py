@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from timecycle.datasets.io import write_json_atomic, write_mask
+from timecycle.datasets.io import replace_entry, write_json_atomic, write_mask
 from timecycle.errors import UserError
 from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
@@ -42,6 +42,9 @@ from timecycle.visualisation.stream import AnimationStream
 from timecycle.visualisation.track_page import flow_picture, write_track_page
 
 RECORD_FILE = "track.json"
+# Everything else a run may have written (the module docstring); masks/ is replaced whole.
+PREVIOUS_OUTPUTS = ("tracks.npy", "tracks.csv", "flow.npy", "flow.png", "overlay.mp4",
+                    "overlay.webp", "index.html")
 TRAIL = 8  # frames of trail behind each point in the overlay
 OVERLAY_WIDTH = 640  # overlay video width cap, pixels
 WRITES_AHEAD = 8  # mask PNGs queued for the writer threads at most
@@ -104,7 +107,11 @@ def track_video(
     del first
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RECORD_FILE).unlink(missing_ok=True)  # a folder without it never looks complete
+    # A previous run's outputs are set aside (put back if this run fails, dropped when it
+    # succeeds: none of them is left beside outputs of other options), the record first: a
+    # folder without it never looks complete.
+    for name in (RECORD_FILE, *PREVIOUS_OUTPUTS):
+        replace_entry(out / name)
     start = time.perf_counter()
     record = {**(record or {}), "video": str(Path(video).resolve()), "width": hw[1], "height": hw[0],
               "mask": str(Path(mask).resolve()) if mask else None,
