@@ -156,6 +156,17 @@ def test_a_first_mask_with_absent_ids_is_warned_about(synthetic_davis, tmp_path,
     assert code == 0 and "objects" not in err  # a mask with every id: nothing to say
 
 
+def test_scores_that_cannot_be_written_leave_no_half_set(synthetic_davis, tmp_path, capsys):
+    # A folder where a score file goes: one line naming it, and no global CSV left alone.
+    out = tmp_path / "o"
+    assert _propagate(capsys, synthetic_davis, out)[0] == 0
+    (out / "per-sequence_results-val.csv").mkdir()
+    code, _, err = _run(capsys, "evaluate", "davis", "--root", synthetic_davis, "--results", out,
+                        "--quiet")
+    assert_one_line_error(code, err, "per-sequence_results-val.csv", "cannot write")
+    assert not (out / "global_results-val.csv").exists()
+
+
 def test_a_folder_given_as_an_image(tmp_path):
     from timecycle.datasets.io import read_mask
 

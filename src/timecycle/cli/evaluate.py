@@ -45,7 +45,10 @@ def evaluate_and_print(root, results: str, names: list[str], progress: bool = Tr
 def run_davis(args: argparse.Namespace) -> int:
     root = davis_root(args)
     names = root.sequence_names(args.sequences)
-    evaluate_and_print(root, args.results, names, progress=not args.quiet)
+    from timecycle.datasets.io import output_folder
+
+    with output_folder(args.results):  # a failed scoring removes the score files it wrote
+        evaluate_and_print(root, args.results, names, progress=not args.quiet)
     return 0
 
 

@@ -73,5 +73,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from timecycle.datasets.vip import VipRoot
 
     root = VipRoot(args.root)
-    evaluate_and_print(root, args.results, root.video_names(args.videos))
+    names = root.video_names(args.videos)
+    with output_folder(args.results):  # a failed scoring removes the score files it wrote
+        evaluate_and_print(root, args.results, names)
     return 0
