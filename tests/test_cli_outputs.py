@@ -226,6 +226,14 @@ def test_a_failed_track_rerun_leaves_the_previous_run_whole(tmp_path, capsys):
     assert_one_line_error(code, err, "00004.png")
     after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # track.json, tracks, overlay and page put back; no flow.npy
+    first = Image.new("L", (56, 40))
+    first.paste(1, (10, 10, 30, 30))
+    first.save(tmp_path / "m.png")
+    shutil.copy(frames / "00003.png", frames / "00004.png")
+    assert _run(capsys, argv[:2] + ["--mask", tmp_path / "m.png"] + argv[4:])[0] == 0
+    assert (out / "masks").is_dir() and not (out / "tracks.npy").exists()  # none left over
+    assert _run(capsys, argv)[0] == 0
+    assert not (out / "masks").exists() and not list(out.glob(".*"))
 
 
 def test_names_are_taken_once_in_their_plain_form(synthetic_davis, tmp_path, capsys):

@@ -42,8 +42,8 @@ from timecycle.visualisation.stream import AnimationStream
 from timecycle.visualisation.track_page import flow_picture, write_track_page
 
 RECORD_FILE = "track.json"
-# Everything else a run may have written (the module docstring); masks/ is replaced whole.
-PREVIOUS_OUTPUTS = ("tracks.npy", "tracks.csv", "flow.npy", "flow.png", "overlay.mp4",
+# Everything else a run may have written (the module docstring).
+PREVIOUS_OUTPUTS = ("masks", "tracks.npy", "tracks.csv", "flow.npy", "flow.png", "overlay.mp4",
                     "overlay.webp", "index.html")
 TRAIL = 8  # frames of trail behind each point in the overlay
 OVERLAY_WIDTH = 640  # overlay video width cap, pixels
