@@ -1,6 +1,6 @@
 """`timecycle train`: learn an encoder by cycle-consistency on a folder of unlabeled videos.
 
-    timecycle train --data DIR --out RUN --preset small-reflect    # ~12 min on a 2-core CPU
+    timecycle train --data DIR --out RUN --preset small-reflect    # ~7 min on a 2-core CPU
     timecycle train --data DIR [--data DIR2] --out RUN             # the paper's recipe, 1 GPU
     timecycle train --data DIR --out RUN --batch-size 8 --accum 4  # batch 32 in less memory
     torchrun --standalone --nproc_per_node=8 -m timecycle train --data DIR --out RUN --batch-size 4

@@ -275,14 +275,19 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
             else:
                 shutil.rmtree(top, ignore_errors=True)
         else:
-            for _, aside in replaced:
-                _delete(aside)
+            _settle(replaced, outer)
         if isinstance(err, OSError) and _inside(err.filename, path):
             reason = err.strerror or type(err).__name__
             raise UserError(f"cannot write ({reason})", err.filename) from None
         raise
     _REPLACED.reset(token)
-    if outer is not None:  # the enclosing command may still fail: it puts them back then
+    _settle(replaced, outer)
+
+
+def _settle(replaced: list[tuple[Path, Path]], outer: list[tuple[Path, Path]] | None) -> None:
+    """A block's new outputs stay: what they replaced is dropped, or handed to the enclosing
+    block, which may still fail and put it back."""
+    if outer is not None:
         outer.extend(replaced)
         return
     for _, aside in replaced:

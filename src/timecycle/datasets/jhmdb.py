@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from timecycle.datasets.io import frame_files
-from timecycle.datasets.names import check_inside, normalised
+from timecycle.datasets.names import checked_names
 from timecycle.errors import UserError
 
 N_JOINTS = 15
@@ -139,9 +139,8 @@ class JhmdbRoot:
             names = [s.strip().strip("/") for s in str(spec).split(",") if s.strip()]
         if not names:
             raise UserError(f"no videos given ({spec if spec is not None else self.images})")
-        check_inside(names, "videos", Path(spec) if spec is not None and Path(spec).is_file()
-                     else None)
-        names = normalised(names)
+        names = checked_names(names, "videos", Path(spec) if spec is not None
+                              and Path(spec).is_file() else None)
         bad = [n for n in names if video_name_of(n) != n]
         if bad:
             raise UserError(f"video names must be '<class>/<video>': {', '.join(bad)}")

@@ -26,27 +26,22 @@ def requested_names(
         names = read_list(listing)
         if not names:  # an empty list file: name it (not "no sequences given (None)")
             raise UserError(f"the list names no {what}", listing)
-        check_inside(names, what, listing)
-        return normalised(names)
+        return checked_names(names, what, listing)
     names = [s.strip() for s in str(spec).split(",") if s.strip()]
     if not names:
         raise UserError(f"no {what} given ({spec})")
-    check_inside(names, what, None)
-    return normalised(names)
+    return checked_names(names, what, None)
 
 
-def normalised(names: list[str]) -> list[str]:
-    """Each name once, in its plain form ("./a/" is "a"), in the order given: a folder named
-    twice would be propagated, and its results replaced, twice."""
-    return list(dict.fromkeys(PurePosixPath(n).as_posix() for n in names))
-
-
-def check_inside(names: list[str], what: str, listing: Path | None) -> None:
-    """A name is a folder under the dataset's root and the results folder: one that is
-    absolute or climbs with `..` would read and write outside them."""
+def checked_names(names: list[str], what: str, listing: Path | None) -> list[str]:
+    """`names` each once, in its plain form ("./a/" is "a"), in the order given: a folder
+    named twice would be propagated, and its results replaced, twice. A name is a folder
+    under the dataset's root and the results folder: one that is absolute or climbs with
+    `..` would read and write outside them, and is refused (naming `listing`, if any)."""
     for name in names:
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if (not parts or PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor
                 or ".." in parts):
             raise UserError(f"{what[:-1]} name {name!r} leaves the dataset's folders: names "
                             "are relative, without '..'", listing)
+    return list(dict.fromkeys(PurePosixPath(n).as_posix() for n in names))

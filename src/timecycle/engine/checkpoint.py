@@ -196,6 +196,15 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
 
 
+def verify_contents(obj: dict, path: Path) -> None:
+    """Pop the sha256 stored at saving from `obj` and check it against the contents: a
+    UserError naming `path` when they differ (files of older versions have none)."""
+    stored = obj.pop("sha256", None)
+    if stored is not None and stored != content_digest(obj):
+        raise UserError("content check failed: the sha256 of the contents differs from the "
+                        "one stored at saving (corrupt file)", path)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A training checkpoint, on the CPU, read with weights_only=True, its contents checked
     against the stored sha256 (which is not part of the returned dict).
@@ -215,10 +224,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UserError("not a timecycle training checkpoint (no format "
                         f"{FORMAT!r}); use it with --weights instead", path)
-    stored = obj.pop("sha256", None)
-    if stored is not None and stored != content_digest(obj):
-        raise UserError("content check failed: the sha256 of the contents differs from the "
-                        "one stored at saving (corrupt file)", path)
+    verify_contents(obj, path)
     if obj.get("version") != VERSION:
         raise UserError(f"checkpoint version {obj.get('version')} is not supported "
                         f"(this timecycle reads version {VERSION})", path)
