@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -405,3 +406,95 @@ def test_provenance_paths_are_absolute_and_report_works_from_elsewhere(synthetic
     assert code == 0, err
     page = Path(out.strip()).read_text()
     assert "frames not found" not in page  # the masks are drawn over the frames, not black
+
+
+_KILLED_RERUN = """
+import os, signal, sys
+from pathlib import Path
+from timecycle.datasets.io import output_folder, replace_entry
+out = Path(sys.argv[1])
+with output_folder(out):
+    for name in ("a", "b"):
+        replace_entry(out / name)
+        (out / name).mkdir()
+        (out / name / "x.png").write_text("new")
+    replace_entry(out / "c.csv")  # killed before the new c.csv is written
+    if sys.argv[2] == "after-commit":
+        from timecycle.datasets import io
+        io._REPLACED.get().close()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_rerun(out: Path, when: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RERUN, str(out), when])
+    assert proc.returncode == -9
+
+
+def _texts(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_killed_outright_is_put_back_by_the_next_command(tmp_path):
+    # SIGKILL leaves the originals set aside as .replaced-*; the next command on the folder
+    # puts them back before it starts (so a failure of its own cannot lose them), as a failed
+    # run would have done itself.
+    from timecycle.datasets.io import output_folder
+
+    out = tmp_path / "o"
+    for name in ("a", "b"):
+        (out / name).mkdir(parents=True)
+        (out / name / "x.png").write_text("old")
+    (out / "c.csv").write_text("old")
+    before = _texts(out)
+    _killed_rerun(out, "before-commit")
+    assert ".replaced-a/x.png" in _texts(out)
+    with pytest.warns(UserWarning, match="put back 3 previous result"):
+        with pytest.raises(KeyError), output_folder(out):
+            assert _texts(out) == before
+            raise KeyError("the next run fails too")
+    assert _texts(out) == before and sorted(p.name for p in out.iterdir()) == ["a", "b", "c.csv"]
+
+
+def test_a_run_killed_after_its_commit_keeps_its_new_results(tmp_path):
+    from timecycle.datasets.io import output_folder, replace_entry
+
+    out = tmp_path / "o"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "x.png").write_text("old")
+    _killed_rerun(out, "after-commit")
+    assert (out / ".replaced-a" / "x.png").read_text() == "old"  # garbage after the commit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to put back
+        with output_folder(out):
+            assert (out / "a" / "x.png").read_text() == "new"
+            replace_entry(out / "a")  # the stale copy goes, this run's original is set aside
+    assert not (out / "a").exists() and not list(out.glob(".*"))
+
+
+def test_a_folder_another_live_run_writes_is_refused(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from timecycle.datasets.io import JOURNAL, output_folder
+    from timecycle.errors import UserError
+
+    out = tmp_path / "o"
+    out.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / JOURNAL).write_text(json.dumps(
+            {"pid": live.pid, "host": socket.gethostname(), "replaced": []}))
+        with pytest.raises(UserError, match=f"another run \\(process {live.pid}\\)"):
+            with output_folder(out):
+                pass
+    finally:
+        live.kill()
+        live.wait()
+    with output_folder(out):  # its writer gone, the journal is an interrupted run's
+        pass
+    assert not (out / JOURNAL).exists()

@@ -15,7 +15,9 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -209,9 +211,48 @@ def _inside(name: object, folder: Path) -> bool:
     return Path(os.path.abspath(name)).is_relative_to(os.path.abspath(folder))
 
 
-# The entries an `output_folder` block has replaced so far, (original, set-aside copy) pairs;
-# None outside such a block.
-_REPLACED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar(
+JOURNAL = ".timecycle-replaced.json"
+
+
+class _Journal:
+    """What an `output_folder` block has set aside so far, (original, set-aside copy) pairs.
+
+    The outermost block also keeps every pair of itself and the blocks inside it on disk
+    (`JOURNAL` in its folder, paths relative to it) from the first replacement on. A run
+    killed outright (SIGKILL, power loss) cannot put its set-aside copies back itself; the
+    journal lets the next command on the folder do it (`_recover`). Removing the journal is
+    the commit: a run killed after that keeps its new results, and only its leftover
+    `.replaced-*` copies are garbage, deleted when a later run replaces the same name."""
+
+    def __init__(self, folder: Path, outer: _Journal | None) -> None:
+        self.pairs: list[tuple[Path, Path]] = []
+        self.top = self if outer is None else outer.top
+        self.file = folder.absolute() / JOURNAL  # used by the top block only
+        self.listed: list[tuple[Path, Path]] = []  # the top block's: what its file lists
+
+    def add(self, original: Path, aside: Path) -> None:
+        self.pairs.append((original, aside))
+        self.top.listed.append((original, aside))
+        self.top.write()
+
+    def forget(self) -> None:
+        """This (inner) block put its pairs back: the file lists them no longer."""
+        self.top.listed = [p for p in self.top.listed if p not in self.pairs]
+        self.top.write()
+
+    def write(self) -> None:
+        root = self.file.parent
+        write_json_atomic(self.file, {
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "replaced": [[os.path.relpath(o, root), os.path.relpath(a, root)]
+                         for o, a in self.listed]})
+
+    def close(self) -> None:
+        self.file.unlink(missing_ok=True)
+
+
+# The journal of the innermost `output_folder` block; None outside such a block.
+_REPLACED: contextvars.ContextVar[_Journal | None] = contextvars.ContextVar(
     "timecycle_replaced", default=None)
 
 
@@ -222,23 +263,93 @@ def _delete(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _put_back(pairs: list[tuple[Path, Path]]) -> None:
+    """Each set-aside copy back in its original's place, last replaced first. Safe to repeat
+    after being killed half-way: a pair whose copy is gone is already back."""
+    for original, aside in reversed(pairs):
+        if not (aside.exists() or aside.is_symlink()):
+            continue
+        if original.exists() or original.is_symlink():
+            _delete(original)
+        aside.rename(original)
+
+
 def replace_entry(path: Path) -> None:
     """Make way for a new `path` (a result file or folder a command writes again). Inside an
     `output_folder` block the old one is set aside as `.replaced-<name>` until the block ends:
-    dropped if it succeeds, put back if it fails, so a failed rerun leaves the previous
-    results whole instead of a mixture of old and new that still evaluates. Elsewhere it is
-    deleted."""
+    dropped if it succeeds, put back if it fails (or by the next command, if it is killed
+    outright), so a failed rerun leaves the previous results whole instead of a mixture of
+    old and new that still evaluates. Elsewhere it is deleted."""
     if not path.exists() and not path.is_symlink():
         return
-    replaced = _REPLACED.get()
-    if replaced is None or any(original == path for original, _ in replaced):
+    journal = _REPLACED.get()
+    if journal is None or any(original == path for original, _ in journal.pairs):
         _delete(path)  # nothing to keep, or this block's own output written twice
         return
     aside = path.with_name(f".replaced-{path.name}")
     if aside.exists() or aside.is_symlink():
-        _delete(aside)
+        _delete(aside)  # left by a run killed after its commit (see _Journal)
+    journal.add(path, aside)  # on disk before the rename: a kill between them is harmless
     path.rename(aside)
-    replaced.append((path, aside))
+
+
+def _journal_pairs(record: dict, root: Path) -> list[tuple[Path, Path]] | None:
+    """The pairs a journal in `root` lists; None if it names anything but an entry and its
+    `.replaced-<name>` copy beside it."""
+    pairs = []
+    items = record.get("replaced")
+    for item in items if isinstance(items, list) else [None]:
+        if not (isinstance(item, list) and len(item) == 2
+                and all(isinstance(p, str) for p in item)):
+            return None
+        original, aside = (Path(os.path.normpath(root / p)) for p in item)
+        if original == root or aside != original.with_name(f".replaced-{original.name}"):
+            return None
+        pairs.append((original, aside))
+    return pairs
+
+
+def _live_writer(record: dict, folder: Path) -> bool:
+    """True if the journal is this process's own (an enclosing block); a UserError if another
+    live process on this machine writes it: two commands writing one folder at once would mix
+    their results."""
+    pid = record.get("pid")
+    if not isinstance(pid, int) or record.get("host") != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    raise UserError(f"another run (process {pid}) is writing into this folder now; wait for "
+                    "it to finish, or choose another --out", folder)
+
+
+def _recover(path: Path) -> None:
+    """Put back what runs killed outright had set aside in `path` (their journals, at any
+    depth): the folder returns to what it held before those runs, as a failed run leaves it."""
+    if not path.is_dir():
+        return
+    for dirpath, _, filenames in os.walk(path):
+        if JOURNAL not in filenames:
+            continue
+        file = Path(dirpath).absolute() / JOURNAL
+        record = read_json_object(file, "an interrupted run's journal") or {}
+        if _live_writer(record, file.parent):
+            continue
+        pairs = _journal_pairs(record, file.parent)
+        if pairs is None:
+            raise UserError("cannot read this journal of the results an interrupted run "
+                            "replaced; put its .replaced-* entries back by hand, then delete it",
+                            file)
+        _put_back(pairs)
+        file.unlink()
+        if pairs:
+            warnings.warn(f"{dirpath}: put back {len(pairs)} previous result(s) that a run "
+                          "killed before it finished had set aside", stacklevel=2)
 
 
 @contextlib.contextmanager
@@ -253,42 +364,45 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
     inside `path` (disk full, read-only) becomes a UserError naming that file.
     """
     path = check_output_folder(path)
+    _recover(path)
     top = path  # the outermost folder the block will create
     while not top.parent.exists():
         top = top.parent
     existed = path.exists()
     before = _entries(path) if existed else set()
-    replaced: list[tuple[Path, Path]] = []
     outer = _REPLACED.get()  # a block inside another command's block (the demo's results)
-    token = _REPLACED.set(replaced)
+    journal = _Journal(path, outer)
+    token = _REPLACED.set(journal)
     try:
         yield path
     except BaseException as err:
         _REPLACED.reset(token)
         if keep is None or not keep(path):
-            for original, aside in reversed(replaced):
-                if original.exists() or original.is_symlink():
-                    _delete(original)
-                aside.rename(original)
+            _put_back(journal.pairs)
+            if outer is None:
+                journal.close()
+            else:
+                journal.forget()
             if existed:
                 _remove_new(path, before)
             else:
                 shutil.rmtree(top, ignore_errors=True)
         else:
-            _settle(replaced, outer)
+            _settle(journal, outer)
         if isinstance(err, OSError) and _inside(err.filename, path):
             reason = err.strerror or type(err).__name__
             raise UserError(f"cannot write ({reason})", err.filename) from None
         raise
     _REPLACED.reset(token)
-    _settle(replaced, outer)
+    _settle(journal, outer)
 
 
-def _settle(replaced: list[tuple[Path, Path]], outer: list[tuple[Path, Path]] | None) -> None:
+def _settle(journal: _Journal, outer: _Journal | None) -> None:
     """A block's new outputs stay: what they replaced is dropped, or handed to the enclosing
     block, which may still fail and put it back."""
     if outer is not None:
-        outer.extend(replaced)
+        outer.pairs.extend(journal.pairs)  # already in the top block's file
         return
-    for _, aside in replaced:
+    journal.close()  # the commit: from here on a kill leaves the new results
+    for _, aside in journal.pairs:
         _delete(aside)
