@@ -9,7 +9,9 @@ import math
 import numpy as np
 import pytest
 import scipy.io
+from PIL import Image
 
+from timecycle.cli import main
 from timecycle.datasets.jhmdb import JhmdbRoot, read_joints
 from timecycle.errors import UserError
 from timecycle.metrics.jhmdb import (
@@ -19,6 +21,7 @@ from timecycle.metrics.jhmdb import (
     normalised_distances,
     score_videos,
 )
+from helpers import assert_one_line_error
 
 NAN = math.nan
 
@@ -169,3 +172,70 @@ def test_missing_predictions_are_listed_together(tmp_path):
     with pytest.raises(UserError) as err:
         evaluate_jhmdb(JhmdbRoot(tmp_path / "root"), tmp_path / "res", ["a/v1", "a/v2", "b/v3"])
     assert "2 of 3" in str(err.value) and "a/v2" in str(err.value) and "b/v3" in str(err.value)
+
+
+def test_a_lone_joint_left_of_or_above_the_image_has_a_box_reaching_the_image():
+    """eval_pck.py starts its box at maxx = maxy = -1 (on pos_img - 1), so a frame whose
+    predicted joints all lie left of the image has a box reaching x = 0 in pos_img's convention,
+    not an empty one: a lone joint there can be right (CRW's script gives the same numbers)."""
+    gt = np.zeros((3, 2, 2))
+    gt[1] = [[-9, 5], [20, 20]]  # joint 0 left of the image: box (-9, 5)-(0, 5), size 5.4
+    gt[2] = [[20, 20], [5, -3]]  # joint 1 above it: box (5, -3)-(5, 0), size 1.8
+    pred = np.full((3, 2, 2), NAN)
+    pred[1, 0] = [-8, 5]
+    pred[2, 1] = [5, -2.7]
+    dist, scored = normalised_distances(pred, gt)
+    np.testing.assert_allclose(dist[scored], [1 / 5.4, 0.3 / 1.8])
+    assert score_videos({"v": (pred, gt)}).pck[0.2] == 1.0
+
+
+def _all_outside(tmp_path, names: list[str]):
+    """Videos whose frame-0 joints all lie far outside the frame, propagated by the pixel
+    baseline: a heat map wholly off the feature map is empty, so no joint is predicted."""
+    gt = np.full((3, 15, 2), 12.0)
+    gt[0] = -500.0
+    rng = np.random.default_rng(0)
+    for name in names:
+        _write_root(tmp_path / "root", name, gt.transpose(2, 1, 0))
+        for t in range(len(gt)):
+            Image.fromarray(rng.integers(0, 255, (24, 32, 3), np.uint8)).save(
+                tmp_path / "root" / "Rename_Images" / name / f"{t + 1:05d}.png")
+    res = tmp_path / "res"
+    assert main(["propagate", "jhmdb", "--root", str(tmp_path / "root"), "--encoder", "pixel",
+                 "--out", str(res), "--device", "cpu", "--quiet"]) == 0
+    for name in names:
+        assert np.isnan(np.load(res / f"{name}.npy")[1:]).all()
+    return JhmdbRoot(tmp_path / "root"), res
+
+
+def test_nothing_scored_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    """CRW's computePCK divides by zero here; a nan PCK with exit status 0 passed for a result."""
+    root, res = _all_outside(tmp_path, ["catch/v1"])
+    assert np.isnan(score_videos({"v": (np.load(res / "catch/v1.npy"), read_joints(
+        root.joints_file("catch/v1")))}).pck[0.1])  # the pure function: undefined is nan
+    with pytest.raises(UserError, match="v1.npy") as err:
+        evaluate_jhmdb(root, res, ["catch/v1"])
+    assert "no joint is predicted after frame 0" in str(err.value)
+    assert "catch/v1/joint_positions.mat" in str(err.value)
+    code = main(["evaluate", "jhmdb", "--root", str(root.root), "--results", str(res)])
+    assert_one_line_error(code, capsys.readouterr().err, "catch/v1.npy", "PCK is undefined")
+    assert not (res / "pck.csv").exists() and not (res / "pck.json").exists()
+
+
+def test_nothing_scored_in_any_video_names_the_results_folder(tmp_path):
+    root, res = _all_outside(tmp_path, ["catch/v1", "run/v2"])
+    with pytest.raises(UserError, match="none of the 2 videos") as err:
+        evaluate_jhmdb(root, res, ["catch/v1", "run/v2"])
+    assert err.value.path == res
+
+
+def test_a_video_with_nothing_scored_beside_others_adds_no_entries(tmp_path):
+    """As in the reference, such a video adds nothing to the pooled counts; its own row is
+    undefined (NaN), the overall PCK is the other videos'."""
+    root, res = _all_outside(tmp_path, ["catch/v1"])
+    gt = np.random.default_rng(0).uniform(20, 200, (3, 15, 2))
+    _write_root(tmp_path / "root", "catch/v2", gt.transpose(2, 1, 0))
+    np.save(res / "catch" / "v2.npy", gt)
+    result = evaluate_jhmdb(root, res, ["catch/v1", "catch/v2"])
+    assert result.pck[0.1] == 1.0 and result.joint_counts.tolist() == [2] * 15
+    assert math.isnan(result.per_video["catch/v1"][0.1])

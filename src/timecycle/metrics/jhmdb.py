@@ -4,14 +4,17 @@ Public reference: CRW code/eval/eval_pck.py (inherited from UVC). For every fram
 
 - a joint that was not predicted (NaN here; x < 0 there) is left out: neither right nor wrong,
   and it does not enter the frame's box;
-- the box is the tight box around the *true* positions of the frame's predicted joints; its
-  size is 0.6 times its diagonal;
+- the box is the tight box around the *true* positions of the frame's predicted joints, whose
+  far corner is never above or left of (0, 0) in pos_img's convention (the reference starts its
+  max at -1 after subtracting 1, so a person wholly above or left of the image still reaches
+  it); its size is 0.6 times its diagonal;
 - a joint is correct when distance / size <= alpha. A frame with a single predicted joint has
   a box of size 0: its distance / size is inf or 0/0 = nan, and either counts as wrong (it stays
   in the joint's total), exactly as numpy does in the reference;
 - each joint's accuracy is pooled over all frames of all videos; PCK is the mean of the 15
   per-joint accuracies. A joint with no scored entry at all (the reference divides by zero
-  there) is left out of that mean.
+  there) is left out of that mean; when no joint has one (every joint of frame 0 lay outside
+  the frame, so none was propagated) PCK is undefined and `evaluate_jhmdb` says so.
 
 Predictions are `<results>/<class>/<video>.npy`: float (T, 15, 2), (x, y) in pos_img's 1-based
 pixel convention, NaN for a joint that was not predicted. T may exceed the ground truth's frame
@@ -35,6 +38,10 @@ from timecycle.propagation.results import read_provenance, results_folder
 
 ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)  # CRW eval_pck.py: rng = [0.1, 0.2, 0.3, 0.4, 0.5]
 BOX_SCALE = 0.6  # eval_pck.py: now_boxes[k] = 0.6 * norm([maxx, maxy] - [minx, miny])
+# eval_pck.py's box starts from minx = miny = 1e6 and maxx = maxy = -1 on pos_img - 1, so its
+# corners are clamped there; in pos_img's convention that is 1e6 + 1 and 0 (ajabri/videowalk
+# code/eval/eval_pck.py, commit 047f3f4, lines 77-91; the same in Liusifei/UVC's jhmdb branch).
+BOX_LO_START, BOX_HI_START = 1e6 + 1.0, 0.0
 RESULT_FILES = ("pck.csv", "pck_per_video.csv", "pck.json")
 
 
@@ -48,7 +55,10 @@ def normalised_distances(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, 
     scored = np.isfinite(pred).all(axis=-1)  # (T-1, J)
     inf = np.where(scored[..., None], gt, np.inf)
     sup = np.where(scored[..., None], gt, -np.inf)
-    lo, hi = inf.min(axis=1), sup.max(axis=1)  # (T-1, 2)
+    # The reference's starting values clamp the box: a lone predicted joint left of the image
+    # has a box reaching x = 0, not an empty one (BOX_HI_START).
+    lo = np.minimum(inf.min(axis=1), BOX_LO_START)  # (T-1, 2)
+    hi = np.maximum(sup.max(axis=1), BOX_HI_START)
     any_scored = scored.any(axis=1)
     size = BOX_SCALE * np.linalg.norm(np.where(any_scored[:, None], hi - lo, 0.0), axis=-1)
     d = np.linalg.norm(np.where(scored[..., None], pred - gt, 0.0), axis=-1)  # (T-1, J)
@@ -154,6 +164,17 @@ def read_prediction(path: Path, n_frames: int) -> np.ndarray:
     return pred
 
 
+def _nothing_scored(root: JhmdbRoot, results: Path, names: list[str]) -> UserError:
+    """The error for predictions without one joint after frame 0 (all NaN there)."""
+    why = ("so PCK is undefined; a joint is only propagated from inside frame 0, so frame 0's "
+           "joints probably all lie outside the frame")
+    if len(names) == 1:
+        return UserError(f"no joint is predicted after frame 0 (all NaN), {why}: see frame 0 of "
+                         f"{root.joints_file(names[0])}", results / f"{names[0]}.npy")
+    return UserError(f"none of the {len(names)} videos' predictions has a joint after frame 0 "
+                     f"(all NaN), {why}", results)
+
+
 def evaluate_jhmdb(
     root: JhmdbRoot, results_dir: str | Path, names: list[str], alphas: Sequence[float] = ALPHAS
 ) -> PckResult:
@@ -167,6 +188,10 @@ def evaluate_jhmdb(
         gt = read_joints(root.joints_file(name))
         pairs[name] = (read_prediction(results / f"{name}.npy", len(gt)), gt)
     result = score_videos(pairs, alphas)
+    if not result.joint_counts.any():
+        # Nothing to score: the reference's computePCK divides by zero (a ZeroDivisionError), and
+        # a nan PCK written with exit status 0 would pass for a result.
+        raise _nothing_scored(root, results, names)
     provenance: dict = {"jhmdb_root": str(root.root), "videos": names}
     recorded = read_provenance(results)
     if recorded is not None:
