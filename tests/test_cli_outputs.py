@@ -133,10 +133,9 @@ def test_propagate_davis_failure_leaves_nothing(existing, synthetic_davis, tmp_p
         assert not out.exists()
 
 
-def test_sigterm_during_propagation_removes_what_it_wrote(synthetic_davis, tmp_path, capsys,
-                                                          monkeypatch):
-    # `kill` or `timeout` (SIGTERM), not only Ctrl-C: the command stops, removes its partial
-    # folders, and exits 143. Sent from inside the encoder, after the first sequence's frames.
+def _sigterm_during_propagation(capture, monkeypatch, root: Path, out: Path) -> tuple[int, str]:
+    """`propagate davis` into `out` (holding notes.txt), sent SIGTERM from inside the encoder
+    after the first sequence's frames; (exit status, stderr)."""
     import signal
 
     from timecycle.encoder.pixel import PixelEncoder
@@ -150,15 +149,65 @@ def test_sigterm_during_propagation_removes_what_it_wrote(synthetic_davis, tmp_p
         return real(self, x)
 
     monkeypatch.setattr(PixelEncoder, "forward", forward)
-    out = tmp_path / "o"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    code, _, err = _run(capsys, ["propagate", "davis", "--root", synthetic_davis, "--encoder",
-                                 "pixel", "--device", "cpu", "--batch-size", "2", "--quiet",
-                                 "--out", out])
+    code, _, err = _run(capture, ["propagate", "davis", "--root", root, "--encoder", "pixel",
+                                  "--device", "cpu", "--batch-size", "2", "--quiet", "--out", out])
+    assert len(calls) >= 4
+    return code, err
+
+
+def test_sigterm_during_propagation_removes_what_it_wrote(synthetic_davis, tmp_path, capsys,
+                                                          monkeypatch):
+    # `kill` or `timeout` (SIGTERM), not only Ctrl-C: the command stops, removes its partial
+    # folders, and exits 143.
+    import signal
+
+    out = tmp_path / "o"
+    code, err = _sigterm_during_propagation(capsys, monkeypatch, synthetic_davis, out)
     assert code == 143 and err.strip().splitlines()[-1] == "timecycle: terminated (SIGTERM)"
-    assert len(calls) >= 4 and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was the command's
+
+
+def test_a_second_signal_while_tidying_up_is_only_acknowledged(synthetic_davis, tmp_path, capfd,
+                                                               monkeypatch):
+    # SIGTERM, then Ctrl-C while the command removes what it wrote: the second used to raise
+    # inside that tidying (a "release unlocked lock" traceback, the folder half tidied).
+    import signal
+
+    from timecycle.datasets import io
+
+    real_remove = io._remove_new
+
+    def remove_new(folder, before):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_remove(folder, before)
+
+    monkeypatch.setattr(io, "_remove_new", remove_new)
+    out = tmp_path / "o"  # capfd: the acknowledgement is an os.write
+    code, err = _sigterm_during_propagation(capfd, monkeypatch, synthetic_davis, out)
+    assert code == 143 and err.strip().splitlines() == [
+        "timecycle: already stopping; one more signal stops at once, without tidying up",
+        "timecycle: terminated (SIGTERM)"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(capsys, monkeypatch):
+    import signal
+
+    import timecycle.cli as cli
+
+    real = cli.build_parser
+
+    def build_parser():  # the subcommands' imports (torch) take most of the start-up
+        os.kill(os.getpid(), signal.SIGINT)
+        return real()
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    code, _, err = _run(capsys, ["evaluate", "davis", "--help"])
+    assert code == 130 and err.strip() == "timecycle: interrupted"
 
 
 def test_a_failed_rerun_leaves_the_previous_results_whole(synthetic_davis, tmp_path, capsys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -84,18 +85,33 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _terminate_on_sigterm():
+def _stop_on_interruptions():
+    """SIGINT and SIGTERM for the whole command, start-up included: the first raises
+    (KeyboardInterrupt, `Terminated`) so the command tidies up; one more while it tidies is
+    only acknowledged, since an exception raised inside that tidying (or inside a lock's
+    release) would leave a traceback and half-restored results; a third stops at once."""
+    received: list[int] = []
+
     def handler(signum: int, frame) -> None:
-        raise Terminated()
+        received.append(signum)
+        if len(received) == 1:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if len(received) == 2:  # os.write: print() could re-enter a write the signal cut
+            os.write(2, b"timecycle: already stopping; one more signal stops at once, "
+                        b"without tidying up\n")
+            return
+        os.write(2, b"timecycle: stopped at once, without tidying up\n")
+        os._exit(128 + signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield  # Python installs handlers from the main thread only
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _one_line(err: UserError) -> str:
@@ -110,26 +126,30 @@ def _one_line(err: UserError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded beside results
-    with warnings.catch_warnings():  # the one-line format only while the command runs
-        warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        try:
-            with _terminate_on_sigterm():
-                return int(args.run(args) or 0)
-        except UserError as err:
-            _close_progress_bars()
-            print(f"timecycle: error: {_one_line(err)}", file=sys.stderr)
-            return 2
-        except Terminated:
-            _close_progress_bars()
-            print("timecycle: terminated (SIGTERM)", file=sys.stderr)
-            return 128 + signal.SIGTERM
-        except KeyboardInterrupt:
-            _close_progress_bars()
-            print("timecycle: interrupted", file=sys.stderr)
-            return 130
-        except BaseException:
-            _close_progress_bars()  # a bug's traceback also starts on its own line
-            raise
+    with _stop_on_interruptions():  # first: a Ctrl-C while the imports run is one line too
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded beside results
+        with warnings.catch_warnings():  # the one-line format only while the command runs
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return int(args.run(args) or 0)
+    except UserError as err:
+        _close_progress_bars()
+        print(f"timecycle: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except Terminated:
+        _close_progress_bars()
+        print("timecycle: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        print("timecycle: interrupted", file=sys.stderr)
+        return 130
+    except BaseException:
+        _close_progress_bars()  # a bug's traceback also starts on its own line
+        raise
