@@ -168,15 +168,23 @@ def test_the_collectives_timeout_is_the_runs(monkeypatch, tmp_path):
                                       str(tmp_path / "run"), "--dist-timeout", "120"])
     config = config_from_args(args)
     assert config.dist_timeout_minutes == 120 and make_config("full").dist_timeout_minutes == 30
-    calls = []
+    calls, store = [], distributed.dist.HashStore()
+
+    def rendezvous(url, rank, size, timeout):
+        calls.append(("rendezvous", timeout))
+        yield store, rank, size
+
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "rendezvous", rendezvous)
     monkeypatch.setattr(distributed.dist, "init_process_group",
                         lambda backend, **kw: calls.append((backend, kw["timeout"])))
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("end"))
     with distributed.process_group(World(1, 2, 1), torch.device("cpu"),
                                    config.dist_timeout_minutes):
         pass
-    assert calls == [("gloo", datetime.timedelta(minutes=120)), "end"]
+    minutes = datetime.timedelta(minutes=120)
+    assert calls == [("rendezvous", minutes), ("gloo", minutes), "end"]
+    assert store.timeout == minutes
     with pytest.raises(UserError, match="dist_timeout_minutes must be a finite number > 0"):
         make_config("full", dist_timeout_minutes=0)
 
@@ -279,6 +287,60 @@ def test_two_processes_match_one_and_stop_together(data, tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(tmp_path / "part")] == [1, 2, 3]
     assert [r["loss"] for r in read_metrics(tmp_path / "part")] == [
         r["loss"] for r in read_metrics(tmp_path / "whole")]
+
+
+def _rank_signalled(rank: int, world: int, job: dict) -> None:
+    """One process of a run whose rank 0, evaluating at step 1, sends SIGTERM to rank 1 alone
+    (waiting for it in the next collective) and times how soon its evaluation may end."""
+    import signal
+    import time
+
+    from timecycle.engine import train as train_mod
+    from timecycle.engine.evaluation import DavisProxy
+    from timecycle.engine.signals import stop_on_signals
+
+    torch.set_num_threads(1)
+    report, seen = Path(job["report"]), {}
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
+    (report / f"pid{rank}").write_text(str(os.getpid()))
+    real = DavisProxy.score
+
+    def score(self, encoder, device, per_sequence=False, abort=None):
+        os.kill(int((report / "pid1").read_text()), signal.SIGTERM)
+        start = time.monotonic()
+        while not abort() and time.monotonic() - start < 15:
+            time.sleep(0.05)
+        seen["after"] = time.monotonic() - start if abort() else None
+        return real(self, encoder, device, per_sequence, abort)
+
+    DavisProxy.score = score
+    with stop_on_signals(announce=None) as stop:
+        outcome = train_mod.run_training(TrainConfig.from_dict(job["config"]), stop=stop)
+    (report / f"rank{rank}.json").write_text(json.dumps(
+        {"step": outcome.step, "stopped": outcome.stopped, "seen_after": seen.get("after"),
+         "signal": stop.signal_name}))
+
+
+@pytest.mark.slow
+def test_a_stop_sent_to_other_ranks_ends_rank_0s_evaluation(data, synthetic_davis, tmp_path,
+                                                             monkeypatch):
+    # A preempted node's ranks get the scheduler's SIGTERM, rank 0's may not. They wait for
+    # rank 0's evaluation in a collective, where Python runs no handler: the request must
+    # still reach rank 0 before its next sequence, not after the whole evaluation.
+    import torch.multiprocessing as mp
+
+    _local_gloo(monkeypatch)
+    report = tmp_path / "report"
+    report.mkdir()
+    config = tiny(data, tmp_path / "run", eval_davis=str(synthetic_davis), eval_every=1)
+    mp.spawn(_rank_signalled, nprocs=2, join=True, args=(2, {
+        "config": config.to_dict(), "port": _free_port(), "report": str(report)}))
+    ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["seen_after"] is not None and ranks[0]["seen_after"] < 5
+    assert [(r["step"], r["stopped"]) for r in ranks] == [(1, True), (1, True)]
+    assert (ranks[0]["signal"], ranks[1]["signal"]) == (None, "SIGTERM")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -110,14 +111,70 @@ def process_group(world: World, device: torch.device,
                                f"{dist.get_world_size()}, the environment says {world}")
         yield
         return
+    # The rendezvous init_process_group("env://") makes, kept: shared_stop reads and writes
+    # it without a collective. Its "default_pg" prefix is the one init_process_group adds.
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=timeout))
+    store.set_timeout(timeout)
     # NCCL uses the current device, which `resolve_device` set to cuda:LOCAL_RANK.
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
-                            world_size=world.size,
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+                            world_size=world.size, timeout=timeout,
+                            store=dist.PrefixStore("default_pg", store))
+    global _STORE
+    # torchrun's agent keeps its store across restarts of the workers: a fresh prefix each time
+    _STORE = dist.PrefixStore(f"timecycle/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}",
+                              store)
     try:
         yield
     finally:
+        _STORE = None
         dist.destroy_process_group()
+
+
+_STORE: dist.Store | None = None  # this run's rendezvous store, while `process_group` made it
+_STOP_KEY = "stop"
+
+
+@contextlib.contextmanager
+def shared_stop(stop: threading.Event | None, world: World) -> Iterator[Callable[[], bool]]:
+    """A check whether any rank has been asked to stop, usable by one rank alone: between
+    collectives, where `agree_any` cannot be called (rank 0's evaluation, while the others
+    wait for it in the next collective).
+
+    A thread publishes this rank's request in the rendezvous store as soon as it is set (the
+    request is set even while this rank waits in a collective, engine/signals.py); the check
+    reads the store. Without a store of our own (one process, or a process group the caller
+    made) it is this rank's request alone.
+    """
+    store = _STORE if world.distributed else None
+    if stop is None or store is None:
+        yield (lambda: False) if stop is None else stop.is_set
+        return
+    done = threading.Event()
+
+    def publish() -> None:
+        while not done.is_set():
+            if stop.wait(timeout=0.5):
+                with contextlib.suppress(RuntimeError):  # a store gone at exit: nothing to tell
+                    store.set(_STOP_KEY, str(world.rank))
+                return
+
+    thread = threading.Thread(target=publish, name="timecycle-stop", daemon=True)
+    thread.start()
+
+    def requested() -> bool:
+        if stop.is_set():
+            return True
+        try:
+            return store.check([_STOP_KEY])
+        except RuntimeError:  # a store that cannot answer (DistStoreError) knows of none
+            return False
+
+    try:
+        yield requested
+    finally:
+        done.set()
+        thread.join(timeout=5)
 
 
 def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:

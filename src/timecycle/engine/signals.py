@@ -12,6 +12,12 @@ period); torchrun forwards a SIGTERM it receives to its workers and kills them 3
 The handler only records the request; the training loop looks at it after every step, and in
 a distributed run all ranks agree on it first (one all-reduce), so every rank stops after the
 same step and none is left waiting in a collective. Ctrl-C (SIGINT) still stops at once.
+
+The request is recorded the moment the signal arrives, even while the main thread waits in a
+collective or a CUDA synchronisation (where Python runs no handler until the wait ends): the
+signal's C-level handler writes to a wakeup socket that a thread reads. So rank 0, evaluating
+while the others wait for it, can learn of a request sent to them alone
+(engine/distributed.shared_stop) and cut its evaluation short.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -50,17 +57,37 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
         yield stop
         return
 
-    def handler(signum: int, frame) -> None:
-        name = signal.Signals(signum).name
+    def record(signum: int) -> None:
         if stop.signal_name is None:
-            stop.signal_name = name
-        if announce:  # os.write: print() could re-enter a write the handler interrupted
-            os.write(2, f"{announce}: {name} received: finishing the step, then saving\n".encode())
+            stop.signal_name = signal.Signals(signum).name
         stop.set()
 
+    def handler(signum: int, frame) -> None:  # runs late if the main thread waits in C
+        record(signum)
+
+    def watch(reader: socket.socket) -> None:  # sees each signal as it arrives
+        numbers = {int(sig) for sig in signals}
+        while data := reader.recv(64):  # b"" once the block closes the writing end
+            for signum in filter(numbers.__contains__, data):
+                record(signum)
+                if announce:
+                    name = signal.Signals(signum).name
+                    os.write(2, f"{announce}: {name} received: finishing the step, then "
+                                "saving\n".encode())
+
     previous = {sig: signal.signal(sig, handler) for sig in signals}
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)  # set_wakeup_fd requires it: a signal must never block
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, args=(reader,), name="timecycle-signals",
+                               daemon=True)
+    watcher.start()
     try:
         yield stop
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for sig, old in previous.items():
             signal.signal(sig, old)
+        writer.close()
+        watcher.join(timeout=5)
+        reader.close()

@@ -39,7 +39,8 @@ Stopping: a stop request (`stop`, set by SIGTERM / SIGUSR1 in `timecycle train`)
 each step and agreed across ranks (any rank's request stops all, after the same step); rank 0
 then saves last.pt and every rank returns with `Outcome.stopped`. The request skips that step's
 evaluation and probe; one that arrives during an evaluation ends it before its next sequence
-(a scheduler's grace period is ~30 s, an evaluation can be longer). last.pt is also refreshed
+and stops after that step (a scheduler's grace period is ~30 s, an evaluation can be longer),
+also when it was sent to other ranks alone (distributed.shared_stop). last.pt is refreshed
 every `save_minutes`, so a run killed without warning (SIGKILL, a lost node) loses at most
 that much; `--resume` continues from the newest complete checkpoint exactly as the
 uninterrupted run would have gone (`deterministic` on the CPU: to the bit).
@@ -364,6 +365,10 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
         WALK_TERMS if config.objective == "crw" else TERMS)
     stopped, last_save, batches = False, time.monotonic(), iter(loader)
     session_start, session_samples = last_save, n.samples
+    # Rank 0's evaluation also ends for a request sent to other ranks alone (while they wait
+    # for it): a preempted node's ranks get the scheduler's SIGTERM, rank 0's may not.
+    sharing = contextlib.ExitStack()
+    any_stop = sharing.enter_context(distributed.shared_stop(stop, world))
     try:
         while n.step < total_steps:
             t_wait = time.perf_counter()
@@ -402,20 +407,19 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
             stopping, due = distributed.agree_any(
                 [stop is not None and stop.is_set(), due], world, device)
             # A stop request skips the evaluation and the probe: the save comes first. One that
-            # arrives during an evaluation ends it at the next sequence (the request is then
-            # agreed after the next step, as any other).
+            # arrives during an evaluation ends it at the next sequence, and this step is saved.
             evaluate = config.eval_davis is not None and not stopping and (
                 n.step % config.eval_every == 0 or last)
             scores, eval_s = None, 0.0
             if evaluate and proxy is not None:
                 t_eval = time.perf_counter()
-                scores = proxy.score(model.encoder, device,
-                                     abort=None if stop is None else stop.is_set)
+                scores = proxy.score(model.encoder, device, abort=any_stop)
                 eval_s = time.perf_counter() - t_eval
                 meter.exclude(eval_s)  # clips/s is the training's own rate
-            improved = distributed.agree_any(
-                [scores is not None and (best_jf is None or scores["J&F"] > best_jf)],
-                world, device)[0] if evaluate else False
+            improved, late = distributed.agree_any(
+                [scores is not None and (best_jf is None or scores["J&F"] > best_jf),
+                 any_stop()], world, device) if evaluate else (False, False)
+            stopping = stopping or late  # asked during the evaluation: save this step now
             if improved and scores is not None:
                 best_jf = scores["J&F"]
             probe = config.probe_every > 0 and not stopping and (
@@ -453,6 +457,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
         shutdown = getattr(batches, "_shutdown_workers", None)  # absent with workers=0
         if shutdown is not None:
             shutdown()
+        sharing.close()
         bar.close()
         log.close()
         if proxy is not None:
