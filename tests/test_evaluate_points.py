@@ -96,9 +96,15 @@ def test_a_point_never_visible_is_left_out_of_the_mean(tmp_path):
     ("json", ["gt.json", "not a points ground-truth JSON"]),
     ("alpha", ["--alpha must be a finite number > 0, got -1"]),
     ("alpha inf", ["--alpha must be a finite number > 0, got inf"]),
+    # nothing to score: PCK would be nan with exit status 0
+    ("frame 0 only", ["gt.json", "no visible point after frame 0"]),
+    ("none visible", ["gt.json", "no visible point after frame 0"]),
 ])
 def test_bad_input_is_one_line(case, needles, tmp_path, capsys):
-    frames = [{"frame": 1, "xy": [[1, 1], [2, 2], [3, 3]]}] if case == "names" else FRAMES
+    frames = {"names": [{"frame": 1, "xy": [[1, 1], [2, 2], [3, 3]]}],
+              "frame 0 only": FRAMES[:1],
+              "none visible": FRAMES[:1] + [{"frame": 1, "xy": [[1, 1], [2, 2]],
+                                             "visible": [False, False]}]}.get(case, FRAMES)
     _gt(tmp_path / "gt.json", frames)
     if case == "json":
         (tmp_path / "gt.json").write_text("{not json")

@@ -80,6 +80,9 @@ def read_ground_truth(path: str | Path) -> PointsGroundTruth:
         raise UserError("ground truth names no points", path)
     if len(set(frames)) != len(frames) or min(frames, default=0) < 0:
         raise UserError("frame numbers must be distinct and not negative", path)
+    if not any(t > 0 and v.any() for t, v in zip(frames, visible)):  # else PCK is 0/0
+        raise UserError("no visible point after frame 0 (the given input): nothing to score",
+                        path)
     return PointsGroundTruth(names, frames, np.stack(xy) if xy else np.zeros((0, len(names), 2)),
                              np.stack(visible) if visible else np.zeros((0, len(names)), bool))
 
