@@ -220,6 +220,14 @@ def test_nothing_scored_is_a_one_line_error_naming_the_file(tmp_path, capsys):
     code = main(["evaluate", "jhmdb", "--root", str(root.root), "--results", str(res)])
     assert_one_line_error(code, capsys.readouterr().err, "catch/v1.npy", "PCK is undefined")
     assert not (res / "pck.csv").exists() and not (res / "pck.json").exists()
+    # --evaluate: the scoring fails after the propagation succeeded; the predictions the
+    # message names stay (they are whole), the score files go
+    again = tmp_path / "again"
+    code = main(["propagate", "jhmdb", "--root", str(root.root), "--encoder", "pixel", "--out",
+                 str(again), "--device", "cpu", "--quiet", "--evaluate"])
+    assert_one_line_error(code, capsys.readouterr().err, "catch/v1.npy", "PCK is undefined")
+    assert (again / "catch/v1.npy").is_file() and (again / "propagation.json").is_file()
+    assert not (again / "pck.csv").exists()
 
 
 def test_nothing_scored_in_any_video_names_the_results_folder(tmp_path):

@@ -64,7 +64,8 @@ def run_propagate(args: argparse.Namespace) -> int:
         stats = propagate_vip(root, names, args.out, frame_encoder, protocol, provenance,
                               args.batch_size, args.tile, progress=not args.quiet)
         print_propagated(stats, len(names), "videos", args.out)
-        if args.evaluate:
+    if args.evaluate:  # the predictions are whole now: a failed scoring leaves them
+        with output_folder(args.out):  # and removes the score files it wrote
             evaluate_and_print(root, args.out, names)
     return 0
 
