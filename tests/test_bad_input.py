@@ -79,6 +79,20 @@ def test_names_that_leave_the_folders_are_refused(synthetic_davis, tmp_path, cap
         JhmdbRoot(jhmdb).video_names("../catch/v")
 
 
+def test_names_are_the_platforms_own():
+    # On POSIX "c:x" is a folder's name (no drive letters) and "a\\b" one name with a backslash.
+    import os
+
+    from timecycle.datasets.names import checked_names
+
+    if os.name != "posix":
+        pytest.skip("POSIX naming rules")
+    assert checked_names(["c:x", "a\\b", "./c:x/"], "sequences", None) == ["c:x", "a\\b"]
+    for bad in ("", ".", "/abs", "a/../../b", ".."):
+        with pytest.raises(UserError, match="leaves the dataset's folders"):
+            checked_names([bad], "sequences", None)
+
+
 def test_a_missing_annotations_folder_is_named(synthetic_davis, tmp_path, capsys):
     code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--annotations",
                               tmp_path / "no-such-masks")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from timecycle.errors import UserError
 
@@ -39,9 +39,10 @@ def checked_names(names: list[str], what: str, listing: Path | None) -> list[str
     under the dataset's root and the results folder: one that is absolute or climbs with
     `..` would read and write outside them, and is refused (naming `listing`, if any)."""
     for name in names:
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if (not parts or PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor
-                or ".." in parts):
+        # The platform's own rules: "c:x" and "a\\b" are plain names on POSIX, not a drive
+        # and two folders as on Windows.
+        parts = Path(name).parts
+        if not parts or Path(name).anchor or ".." in parts:
             raise UserError(f"{what[:-1]} name {name!r} leaves the dataset's folders: names "
                             "are relative, without '..'", listing)
-    return list(dict.fromkeys(PurePosixPath(n).as_posix() for n in names))
+    return list(dict.fromkeys(Path(n).as_posix() for n in names))
