@@ -84,6 +84,9 @@ def seed_worker(seed: int, rank: int, worker_id: int) -> None:
     """
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    # A forked worker inherits the training process's signal wakeup socket (engine/signals.py):
+    # its own signals must not be read there as the training process's.
+    signal.set_wakeup_fd(-1)
     state = np.random.SeedSequence([seed, rank, worker_id]).generate_state(2)
     torch.manual_seed(int(state[0]))
     np.random.seed(int(state[1]))
