@@ -183,6 +183,22 @@ def test_resume_passes_over_a_truncated_checkpoint(data, tmp_path, reference):
     assert [r["loss"] for r in records] == [r["loss"] for r in reference[:4]]
 
 
+def test_resume_refuses_other_videos_and_takes_the_same_ones_moved(data, tmp_path):
+    # The clip stream is the corpus's: other videos under --data would read other clips than
+    # the run's, silently. The same videos in a moved folder are the same stream.
+    from pathlib import Path
+
+    run = train(tiny(data, tmp_path / "run", steps=1))
+    fewer = Path(shutil.copytree(data, tmp_path / "fewer"))
+    shutil.rmtree(sorted(p for p in fewer.iterdir() if p.is_dir())[-1])
+    with pytest.raises(UserError, match=r"not the ones this run was trained on \(4 videos then, "
+                                        r"3 now"):
+        train(tiny(fewer, run, steps=2), resume=True)
+    moved = Path(shutil.copytree(data, tmp_path / "moved"))
+    train(tiny(moved, run, steps=2), resume=True)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
 def test_resume_without_a_checkpoint_is_a_user_error(data, tmp_path):
     with pytest.raises(UserError, match="no complete checkpoint"):
         train(tiny(data, tmp_path, steps=1), resume=True)

@@ -62,7 +62,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import itertools
+import json
 import math
 import os
 import random
@@ -103,6 +105,30 @@ def index_videos(folders: list[str], run_dir: Path, workers: int = 8) -> list[Vi
         for rec in build_index(folder, cache, workers=max(1, workers)).videos:
             videos.setdefault(rec.path, rec)
     return list(videos.values())
+
+
+def corpus_key(folders: list[str], videos: list[VideoRecord]) -> dict:
+    """What fixes the clip stream: the videos in order, each by its path under its --data
+    folder (so a moved folder keeps its key) and its length. Saved in checkpoints; `--resume`
+    refuses another corpus, which would read other clips than the run's."""
+    roots = [Path(f).resolve() for f in folders]
+    entries = []
+    for rec in videos:
+        path = Path(rec.path)
+        i = next((i for i, r in enumerate(roots) if path == r or path.is_relative_to(r)), -1)
+        entries.append([i, path.name if i < 0 or path == roots[i]
+                        else path.relative_to(roots[i]).as_posix(), rec.n_frames])
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    return {"n_videos": len(videos), "sha256": digest}
+
+
+def _check_corpus(saved: dict | None, now: dict) -> None:
+    if saved is None or saved == now:  # None: a checkpoint from before the key was saved
+        return
+    raise UserError(f"the videos under --data are not the ones this run was trained on "
+                    f"({saved.get('n_videos')} videos then, {now['n_videos']} now, or other "
+                    "ones): resuming would read another clip stream; resume with the run's "
+                    "--data (a moved folder is fine), or start a new run (another --out)")
 
 
 @contextlib.contextmanager
@@ -297,6 +323,8 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
          stop: threading.Event | None, compile_mode: str = "off") -> Outcome:
     loss_config = config.loss_config()
     dataset = build_dataset(config, videos)
+    corpus = corpus_key(config.data, dataset.videos)
+    _check_corpus(state.get("corpus") if state else None, corpus)  # on every rank alike
     n_videos = len(dataset.videos)
     clips_per_step = config.clips_per_step(world.size)
     amp_dtype = resolve_amp(config.precision, device)
@@ -335,6 +363,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
                 "step": n.step, "samples": n.samples, "nonfinite": n.nonfinite, "rng": rng,
                 **({"rng_ranks": every_rng} if world.distributed else {}),
                 "config": config.to_dict(), "environment": env, "best_eval_jf": best_jf,
+                "corpus": corpus,
             }, n.step, config.keep_last, numbered, best)
         distributed.barrier(world, device)
 
