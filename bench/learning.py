@@ -6,7 +6,7 @@ that need no learning.
         --minutes 60 --out bench-out/learning                    # a CPU-hour per recipe
     python bench/learning.py --runs tc=/path/RUN --out DIR        # score finished runs instead
     python bench/learning.py --runs tc300=/path/RUN/step-000300.pt --out DIR   # or a checkpoint
-    python bench/learning.py --tiny --out /tmp/l                  # generated data, seconds
+    python bench/learning.py --tiny --out /tmp/l                  # generated data, 8 clips: ~20 s
 
 Budget: each recipe trains until it has seen `--clips` clips or `--minutes` minutes have
 passed, whichever comes first (both are reported). During training the engine scores the
@@ -220,8 +220,9 @@ def main() -> None:
                          "is a run folder (its last.pt) or one of its checkpoint files")
     ap.add_argument("--data", default=str(DATA / "videos"))
     ap.add_argument("--davis", default=str(DATA / "DAVIS"))
-    ap.add_argument("--clips", type=int, default=4800, help="clip budget per recipe")
-    ap.add_argument("--minutes", type=float, default=60.0, help="time budget per recipe")
+    ap.add_argument("--clips", type=int,
+                    help="clip budget per recipe (default 4800; with --tiny and no --minutes, 8)")
+    ap.add_argument("--minutes", type=float, help="time budget per recipe (default 60)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between proxy scores")
     ap.add_argument("--eval-sequences", default=None,
                     help="default: the engine's, every sequence of ImageSets/2016/val.txt")
@@ -239,9 +240,14 @@ def main() -> None:
     ap.add_argument("--baselines-only", action="store_true",
                     help="with --runs: score the baselines of the runs' architectures, not the runs")
     ap.add_argument("--tiny", action="store_true",
-                    help="generated videos and DAVIS, tiny sizes: the whole path in seconds")
+                    help="generated videos and DAVIS, tiny sizes and (unless --clips or --minutes "
+                         "is given) 8 clips a recipe: the whole path in under a minute")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.clips is None:  # --tiny alone: 2 steps a recipe; given --minutes, the time decides
+        args.clips = 8 if args.tiny and args.minutes is None else 4800
+    if args.minutes is None:
+        args.minutes = 60.0
     unknown = set(args.baselines.split(",")) - set(BASELINES)
     if unknown:
         ap.error(f"unknown --baselines {', '.join(sorted(unknown))}")

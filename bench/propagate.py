@@ -82,12 +82,17 @@ def worker(args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_root = Path(os.environ.get("TIMECYCLE_DATA", HERE.parents[1] / "shared" / "data")) / "DAVIS"
-    ap.add_argument("--root", default=str(default_root))
-    ap.add_argument("--sequence", default="blackswan")
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--protocols", default="crw,timecycle,dino")
-    ap.add_argument("--encoders", default="pixel,resnet18,resnet50")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--root", default=str(default_root),
+                    help="DAVIS root (default $TIMECYCLE_DATA/DAVIS, else ../shared/data/DAVIS)")
+    ap.add_argument("--sequence", default="blackswan", help="default blackswan")
+    ap.add_argument("--frames", type=int, default=8,
+                    help="its first N frames (default 8); the reference's time and memory grow "
+                         "with them")
+    ap.add_argument("--protocols", default="crw,timecycle,dino",
+                    help="comma-separated (default crw,timecycle,dino)")
+    ap.add_argument("--encoders", default="pixel,resnet18,resnet50",
+                    help="comma-separated (default pixel,resnet18,resnet50)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     ap.add_argument("--no-reference", action="store_true", help="time the fast engine only")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--protocol", help=argparse.SUPPRESS)

@@ -235,7 +235,8 @@ def main() -> None:
                          "(default: 1 CPU, 3 GPU)")
     ap.add_argument("--workers", type=int, help="DataLoader processes (default: 2 CPU, 8 GPU)")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                    help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+                    help="auto (as training resolves it): bf16 autocast on CUDA and on CPUs "
+                         "with native bf16 (AVX512-BF16 or AMX), else fp32")
     ap.add_argument("--no-channels-last", action="store_true",
                     help="keep NCHW (the engine trains channels last)")
     ap.add_argument("--compile", choices=("none", "model", "cycles", "cycles-graphs"),

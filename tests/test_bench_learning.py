@@ -1,4 +1,4 @@
-"""bench/learning.py end to end on generated video and a generated DAVIS root, tiny budget."""
+"""bench/learning.py end to end on generated video and a generated DAVIS root, --tiny's budget."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_learning_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "learning"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "learning.py"), "--tiny", "--out", str(out),
-         "--recipes", "tc-code-crop-frozenbn,crw-small", "--clips", "8", "--eval-every", "1",
+         "--recipes", "tc-code-crop-frozenbn,crw-small", "--eval-every", "1",
          "--threads", "1", "--workers", "0"],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -27,6 +27,7 @@ def test_learning_benchmark_runs_end_to_end(tmp_path):
     assert set(recipes) == {"tc-code-crop-frozenbn", "crw-small"}
     for r in rows:
         assert 0 <= float(r["proxy_jf"]) <= 1 and 0 <= float(r["final_jf"]) <= 1
+    # --tiny's own budget: 8 clips a recipe, 2 steps of 4
     assert all(r["clips"] == "8" and r["steps"] == "2" for r in recipes.values())
     table = (out / "results.md").read_text()
     assert "Proxy: DAVIS proxy" in table and "| crw-small | 8 | 2 |" in table

@@ -106,6 +106,27 @@ def test_bf16_features_are_recorded_and_close_to_fp32(synthetic_davis, tmp_path,
     assert torch.nn.functional.cosine_similarity(f16, f32, dim=1).min() > 0.99
 
 
+@pytest.mark.parametrize("encoder", ["identity", "pixel"])
+def test_bf16_is_for_a_network_only(encoder, synthetic_davis, tmp_path, capsys, monkeypatch):
+    """No network, no autocast: identity and pixel run and record fp32 under --precision bf16
+    (pixel's colour conversion used to run its product in bf16 and record "bf16"), and no note
+    about an emulating CPU is printed or recorded."""
+    from timecycle.engine import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    pngs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        code, _, err = _run(capsys, "propagate", "davis", "--root", str(synthetic_davis),
+                            "--out", str(out), "--device", "cpu", "--encoder", encoder,
+                            "--sequences", "synth00", "--precision", precision)
+        assert code == 0 and "note" not in err, err
+        prov = json.loads((out / "propagation.json").read_text())
+        assert prov["precision"] == "fp32" and "notes" not in prov
+        pngs[precision] = {p.name: p.read_bytes() for p in (out / "synth00").iterdir()}
+    assert pngs["bf16"] == pngs["fp32"]
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_an_emulating_cpu_is_noted_and_recorded(native, synthetic_davis, tmp_path,
                                                         capsys, monkeypatch):
@@ -138,6 +159,41 @@ def test_evaluate_rescores_and_never_reuses_stale_results(synthetic_davis, tmp_p
     # A new propagation into the folder removes the old evaluation before writing.
     assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity", "--sequences", seq)[0] == 0
     assert not (out / "global_results-val.csv").exists()
+
+
+def test_evaluate_scores_a_results_folder_as_it_was_propagated(synthetic_davis, tmp_path,
+                                                               capsys):
+    # The sequences, year and annotations a folder was propagated with are recorded; evaluate
+    # takes them unless given, so `evaluate davis --results R` re-scores R as propagated.
+    root = _copy_root(synthetic_davis, tmp_path / "root")
+    alt = root / "Annotations_alt" / "480p"
+    shutil.copytree(root / "Annotations" / "480p", alt)
+    for p in sorted((alt / "synth01").iterdir())[1:]:  # a static object: identity is exact
+        shutil.copy(alt / "synth01" / "00000.png", p)
+    out = tmp_path / "res"
+    code, stdout, _ = _propagate(capsys, root, out, "--encoder", "identity", "--sequences",
+                                 "synth01", "--annotations", str(alt), "--evaluate")
+    assert code == 0 and "J&F-Mean 1.0000" in stdout
+    assert json.loads((out / "propagation.json").read_text())["annotations"] == (
+        "Annotations_alt/480p")
+    scored = (out / "global_results-val.csv").read_text()
+    (out / "global_results-val.csv").unlink()
+    moved = Path(shutil.move(root, tmp_path / "moved"))  # relative: found under a new --root
+    for extra in ([], ["--root", str(moved)]):
+        code, stdout, err = _run(capsys, "evaluate", "davis", "--results", str(out), "--quiet",
+                                 *extra)
+        if not extra:  # the recorded root is gone
+            assert_one_line_error(code, err, "DAVIS root folder not found", str(root))
+            continue
+        assert code == 0 and (out / "global_results-val.csv").read_text() == scored
+        assert "--annotations Annotations_alt/480p, --sequences synth01" in err
+    # Given options win over the record: the default annotations score it lower.
+    code, stdout, _ = _run(capsys, "evaluate", "davis", "--results", str(out), "--quiet",
+                           "--root", str(moved), "--annotations", str(moved / "Annotations/480p"))
+    assert code == 0 and "J&F-Mean 1.0000" not in stdout
+    (out / "propagation.json").unlink()
+    code, _, err = _run(capsys, "evaluate", "davis", "--results", str(out))
+    assert_one_line_error(code, err, "pass --root", str(out))
 
 
 def test_missing_sequences_are_all_listed(synthetic_davis, tmp_path, capsys):

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from timecycle.cli import main
+from helpers import assert_one_line_error
 
 
 @pytest.mark.slow
@@ -43,6 +44,16 @@ def test_demo_refuses_a_video_without_a_mask(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path), "--video", str(tmp_path)])
     assert code == 2
     assert "--video and --mask go together" in capsys.readouterr().err
+
+
+def test_demo_weights_builtin_is_one_line_saying_they_are_scored_anyway(tmp_path, capsys):
+    # The other commands take `--weights builtin`; the demo's --weights replaces its training
+    # run, and the built-in weights are scored beside that run in any case.
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--weights", "builtin"])
+    assert_one_line_error(code, capsys.readouterr().err, "demo --weights takes a checkpoint file",
+                          "built-in weights are always scored beside it")
+    assert not out.exists()
 
 
 @pytest.mark.slow

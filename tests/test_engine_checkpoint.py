@@ -14,7 +14,7 @@ from timecycle.encoder import ResNetEncoder
 from timecycle.encoder.weights import checkpoint_has_head, load_weights
 from timecycle.engine import checkpoint as ckpt
 from timecycle.engine.config import make_config
-from timecycle.errors import UserError
+from timecycle.errors import UserError, first_sentence
 from timecycle.losses import preset
 from timecycle.tracker import TimeCycle
 
@@ -108,6 +108,32 @@ def test_truncated_checkpoint_is_a_user_error_naming_it(tmp_path, trained_state)
         ckpt.load_checkpoint(path)
     with pytest.raises(UserError, match="no such checkpoint"):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_passed_over_checkpoint_warning_is_one_whole_line(tmp_path, trained_state):
+    """torch's reason is kept to its first sentence, whole: the warning used to cut it at 200
+    characters, mid-word ("...your checkpoint file is; passed over")."""
+    _, state = trained_state
+    ckpt.save_checkpoint(tmp_path, {**state, "step": 1}, step=1)
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.warns(ckpt.CheckpointWarning) as caught:
+        ckpt.latest_checkpoint(tmp_path)
+    message = str(caught[0].message)
+    assert "\n" not in message and "likelihood" not in message, message
+    reason, passed = message.split("; passed over, ")
+    assert reason.startswith(f"{tmp_path / 'last.pt'}: cannot read checkpoint (truncated or "
+                             "corrupt?): ") and reason.endswith("."), reason
+    assert passed == f"resuming from {tmp_path / 'step-000001.pt'} (step 1)"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("First part: the cause. Advice that goes on. And on.\nMore lines", "First part: the cause."),
+    ("no full stop at all\nsecond line", "no full stop at all"),
+    ("In torch 2.6 we changed it! Re-run it", "In torch 2.6 we changed it!"),
+    ("", "RuntimeError")])
+def test_unreadable_checkpoint_reason_is_the_first_sentence(text, reason):
+    assert first_sentence(RuntimeError(text)) == reason
 
 
 def test_foreign_file_is_not_a_training_checkpoint(tmp_path):

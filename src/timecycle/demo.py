@@ -42,7 +42,7 @@ SEQUENCE = "clip"  # the user's clip, laid out as a one-sequence DAVIS root
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    steps: int = 60  # small-preset steps; 60 keeps the whole demo within ~5 min on 2 idle cores
+    steps: int = 60  # small-preset steps; the whole demo then took 1.6 min on 2 quiet cores
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"
@@ -270,6 +270,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     if (cfg.video is None) != (cfg.mask is None):
         raise UserError("--video and --mask go together")
     if cfg.weights and not Path(cfg.weights).is_file():
+        from timecycle.encoder.builtin import is_builtin
+
+        if is_builtin(cfg.weights):
+            raise UserError("demo --weights takes a checkpoint file; the built-in weights are "
+                            "always scored beside it")
         raise UserError("no such checkpoint", cfg.weights)
     from timecycle.propagation.protocols import get_protocol
 

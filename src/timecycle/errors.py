@@ -7,6 +7,7 @@ its traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -16,3 +17,11 @@ class UserError(Exception):
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of a library's message, whole (torch's advice after it runs to
+    several lines), for a one-line UserError; the exception's type when it has no message."""
+    text = str(err).strip().split("\n")[0]
+    sentence = re.match(r"(.*?[.!?])(\s|$)", text)
+    return (sentence.group(1) if sentence else text) or type(err).__name__

@@ -15,8 +15,9 @@ from timecycle.propagation.windows import DEFAULT_TILE, MAX_TILE
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="resnet18", choices=ENCODERS,
                    help="identity and pixel are the no-learning baselines (default: resnet18)")
-    p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, a timecycle "
-                                     "run's last.pt, or 'builtin' (the package's own, resnet18)")
+    p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, a "
+                                     ".safetensors file, a timecycle run's last.pt, or 'builtin' "
+                                     "(the package's own, resnet18)")
     p.add_argument("--head", choices=("auto", "yes", "no"), default="auto",
                    help="TimeCycle 1x1 head on the encoder; auto (default): the checkpoint's "
                         "head under the timecycle protocol, layer3 under crw and dino, as "
@@ -25,16 +26,32 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
 
-def add_davis_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", required=True, help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
-    p.add_argument("--sequences", help="a list file or comma-separated names (default ImageSets/<year>/val.txt)")
-    p.add_argument("--year", type=int, choices=(2016, 2017), default=2017,
-                   help="2017: palettised ids; 2016: binary 0/255 masks (default 2017)")
-    p.add_argument("--annotations", help="annotation folder overriding Annotations/480p")
+def add_davis_args(p: argparse.ArgumentParser, recorded: bool = False) -> None:
+    """The DAVIS options. `recorded`: a results folder's propagation.json supplies the ones not
+    given (`timecycle evaluate davis`)."""
+    record = "what the results' propagation.json records"
+    then = f"; default: {record}, else " if recorded else "; default "
+    p.add_argument("--root", required=not recorded,
+                   help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)"
+                        + (f"; default: {record}" if recorded else ""))
+    p.add_argument("--sequences", help="a list file or comma-separated names"
+                                       + then + "ImageSets/<year>/val.txt")
+    p.add_argument("--year", type=int, choices=(2016, 2017), default=None if recorded else 2017,
+                   help="2017: palettised ids; 2016: binary 0/255 masks" + then + "2017")
+    p.add_argument("--annotations", help="annotation folder overriding Annotations/480p"
+                                         + (f"; default: {record}" if recorded else ""))
 
 
 def davis_root(args: argparse.Namespace) -> DavisRoot:
     return DavisRoot(args.root, year=args.year, annotations=args.annotations)
+
+
+def recorded_annotations(root: DavisRoot) -> str:
+    """The annotation folder as propagation.json records it: relative to the root when inside
+    it, so that a moved DAVIS root (`evaluate davis --root NEW`) still finds it."""
+    folder = root.annotations.resolve()
+    base = root.root.resolve()
+    return folder.relative_to(base).as_posix() if folder.is_relative_to(base) else str(folder)
 
 
 def load_encoder(args: argparse.Namespace, protocol: str):
@@ -117,12 +134,12 @@ def start_propagation(args: argparse.Namespace, benchmark: str, protocol, datase
 
     device = resolve_device(args.device)
     encoder, enc_info = load_encoder(args, protocol.name)
-    frame_encoder = None if encoder is None else FrameEncoder(
-        encoder, protocol, device, amp=args.precision == "bf16")
-    precision = args.precision if encoder is not None else "fp32"
+    # bf16 is for a network: pixel's colour conversion stays fp32, identity has no features.
+    amp = args.precision == "bf16" and args.encoder not in ("identity", "pixel")
+    frame_encoder = None if encoder is None else FrameEncoder(encoder, protocol, device, amp=amp)
     provenance = {"benchmark": benchmark, "protocol": protocol.to_dict(), **enc_info, **dataset,
-                  "precision": precision, "environment": environment(device)}
-    notes = precision_notes(args, device) if encoder is not None else []
+                  "precision": "bf16" if amp else "fp32", "environment": environment(device)}
+    notes = precision_notes(args, device) if amp else []
     if notes:
         provenance["notes"] = notes
     return frame_encoder, provenance

@@ -11,6 +11,7 @@ from timecycle.cli.common import (
     check_tile,
     davis_root,
     print_propagated,
+    recorded_annotations,
     start_propagation,
 )
 from timecycle.datasets.io import output_folder
@@ -41,7 +42,8 @@ def run_davis(args: argparse.Namespace) -> int:
         names = root.sequence_names(args.sequences)
         # Absolute: `timecycle report` reads the frames from here, from any folder.
         frame_encoder, provenance = start_propagation(
-            args, "davis", protocol, {"davis_root": str(root.root.resolve()), "year": root.year})
+            args, "davis", protocol, {"davis_root": str(root.root.resolve()), "year": root.year,
+                                      "annotations": recorded_annotations(root)})
         stats = propagate_davis(root, names, args.out, frame_encoder, protocol, provenance,
                                 args.batch_size, args.tile, progress=not args.quiet)
         print_propagated(stats, len(names), "sequences", args.out)

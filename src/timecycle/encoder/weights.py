@@ -40,7 +40,7 @@ import torch
 
 from timecycle.encoder.builtin import builtin_info, builtin_path, is_builtin
 from timecycle.encoder.resnet import ResNetEncoder
-from timecycle.errors import UserError
+from timecycle.errors import UserError, first_sentence
 
 FORMATS = ("native", "torchvision", "crw", "timecycle-official")
 
@@ -214,11 +214,7 @@ def _load_failure(err: Exception) -> str:
             f"refused to load: the file uses pickle features beyond tensors and plain containers "
             f"({unsupported.group(1).strip()}); untrusted checkpoints are only read as weights"
         )
-    reason = text.strip().split("\n")[0][:200]
-    return (
-        "cannot read as a PyTorch checkpoint (not one, or truncated): "
-        f"{type(err).__name__}{': ' + reason if reason else ''}"
-    )
+    return f"cannot read as a PyTorch checkpoint (not one, or truncated): {first_sentence(err)}"
 
 
 def _is_safetensors(path: Path) -> bool:

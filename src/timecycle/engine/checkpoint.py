@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from timecycle.datasets.io import atomic_path
-from timecycle.errors import UserError
+from timecycle.errors import UserError, first_sentence
 
 FORMAT = "timecycle-train"
 VERSION = 1
@@ -219,8 +219,8 @@ def load_checkpoint(path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     # torch reports a damaged zip or pickle with many exception types: all mean a bad file.
     except Exception as err:
-        reason = (str(err).strip().split("\n")[0] or type(err).__name__)[:200]
-        raise UserError(f"cannot read checkpoint (truncated or corrupt?): {reason}", path) from None
+        raise UserError(f"cannot read checkpoint (truncated or corrupt?): {first_sentence(err)}",
+                        path) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UserError("not a timecycle training checkpoint (no format "
                         f"{FORMAT!r}); use it with --weights instead", path)

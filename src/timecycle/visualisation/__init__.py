@@ -2,8 +2,8 @@
 
 - `overlay`: id masks over frames (VOC colours, contours), image grids, animations (WebP, GIF,
   mp4).
-- `report`: a self-contained HTML page for a propagation results folder (DAVIS; JHMDB and VIP
-  through small adapters).
+- `report`: an HTML report folder (index.html and its animations, copied as a whole) for a
+  propagation results folder (DAVIS; JHMDB and VIP through small adapters).
 - `texture`: the texture / correspondence figure (a texture carried by feature affinity).
 - `curves`: training loss curves from metrics.jsonl, and the training-run page.
 

@@ -1,6 +1,7 @@
-"""Pieces of timecycle's self-contained HTML pages: the shared style sheet, tables, an inline
-SVG bar chart, and a run's provenance as a short summary and a flat full record. Every page
-(benchmark results, the demo, `timecycle track`) builds from these."""
+"""Pieces of timecycle's HTML pages: the shared style sheet, tables, an inline SVG bar chart,
+and a run's provenance as a short summary and a flat full record. Every page (benchmark
+results, the demo, `timecycle track`) builds from these; each needs no network and links only
+files under its own folder (copy the folder, not index.html alone)."""
 
 from __future__ import annotations
 

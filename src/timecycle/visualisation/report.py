@@ -1,4 +1,5 @@
-"""A self-contained HTML page for a folder of propagation results.
+"""An HTML report for a folder of propagation results: a folder (index.html and its animations)
+that needs no network and is copied as a whole.
 
 `write_report(results_dir)` writes `<results_dir>/report/index.html` and, beside it, one
 animation per sequence. The page uses no network resource: styles and the bar chart (SVG) are

@@ -1,6 +1,6 @@
 """The page of a `timecycle track` folder: the overlay video, the flow picture, what was
-tracked, the command that did it and the provenance. Self-contained: every `src` is a file in
-the same folder."""
+tracked, the command that did it and the provenance. It needs no network: every `src` is a
+file in the same folder, which is copied as a whole."""
 
 from __future__ import annotations
 
