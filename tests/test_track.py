@@ -187,6 +187,17 @@ def test_bf16_features_track_as_fp32_does(clip, tracked, tmp_path, capsys, one_t
     assert np.abs(bf16 - fp32).max() <= 8.0
     truth = POINTS[None] + np.arange(T)[:, None, None] * np.array(SHIFT)
     assert np.linalg.norm(bf16 - truth, axis=-1).max() <= 8.0
+    # pixel has no network: bf16 leaves it fp32, and says so
+    for precision in ("fp32", "bf16"):
+        code, _, err = _run(capsys, "track", str(clip / "frames"), "--points",
+                            str(clip / "points.csv"), "--encoder", "pixel", "--out",
+                            str(tmp_path / precision), "--device", "cpu", "--precision",
+                            precision, "--quiet")
+        assert code == 0, err
+        record = json.loads((tmp_path / precision / "track.json").read_text())
+        assert record["precision"] == "fp32" and not record["notes"]
+    assert np.array_equal(np.load(tmp_path / "fp32/tracks.npy"),
+                          np.load(tmp_path / "bf16/tracks.npy"))
 
 
 def test_mp4_input_gives_every_frame(tmp_path, capsys, one_thread):

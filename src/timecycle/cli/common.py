@@ -124,6 +124,12 @@ def check_positive(args: argparse.Namespace, *flags: str) -> None:
     check_at_least(args, 0, *flags, strict=True)
 
 
+def uses_bf16(args: argparse.Namespace) -> bool:
+    """--precision bf16 runs a network under autocast: pixel's colour conversion stays fp32
+    (autocast changed it by up to 8e-4), identity has no features."""
+    return args.precision == "bf16" and args.encoder not in ("identity", "pixel")
+
+
 def start_propagation(args: argparse.Namespace, benchmark: str, protocol, dataset: dict):
     """(FrameEncoder or None for identity, provenance) for a propagation run.
 
@@ -134,8 +140,7 @@ def start_propagation(args: argparse.Namespace, benchmark: str, protocol, datase
 
     device = resolve_device(args.device)
     encoder, enc_info = load_encoder(args, protocol.name)
-    # bf16 is for a network: pixel's colour conversion stays fp32, identity has no features.
-    amp = args.precision == "bf16" and args.encoder not in ("identity", "pixel")
+    amp = uses_bf16(args)
     frame_encoder = None if encoder is None else FrameEncoder(encoder, protocol, device, amp=amp)
     provenance = {"benchmark": benchmark, "protocol": protocol.to_dict(), **enc_info, **dataset,
                   "precision": "bf16" if amp else "fp32", "environment": environment(device)}

@@ -60,7 +60,7 @@ def default_weights(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timecycle.cli.common import load_encoder, precision_notes
+    from timecycle.cli.common import load_encoder, precision_notes, uses_bf16
     from timecycle.engine.runtime import environment, resolve_device
     from timecycle.errors import UserError
     from timecycle.propagation.video import FrameEncoder
@@ -81,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"timecycle: note: {note}", file=sys.stderr)
         device = resolve_device(args.device)
         encoder, enc_info = load_encoder(args, protocol.name)
-        notes += precision_notes(args, device)
+        amp = uses_bf16(args)
+        notes += precision_notes(args, device) if amp else []
         record = {"command": shlex.join(["timecycle", *getattr(args, "argv", ["track"])]),
                   "protocol": protocol.to_dict(), "protocol_name": args.protocol, **enc_info,
-                  "precision": args.precision, "environment": environment(device),
+                  "precision": "bf16" if amp else "fp32", "environment": environment(device),
                   "notes": notes}
-        frame_encoder = FrameEncoder(encoder, protocol, device, amp=args.precision == "bf16")
+        frame_encoder = FrameEncoder(encoder, protocol, device, amp=amp)
         result = track_video(args.video, args.out, frame_encoder,
                              protocol, readout, args.mask, args.points, args.flow, record,
                              args.batch_size, args.tile, progress=not args.quiet)

@@ -56,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--data", action="append", metavar="DIR",
                    help="folder of videos or frame folders; repeat for several (one index each)")
     p.add_argument("--out", required=True, metavar="RUN",
-                   help="run folder: config.json, metrics.jsonl, tb/, last.pt, step-*.pt")
+                   help="run folder: config.json, video_index.json, metrics.jsonl, tb/, "
+                        "last.pt, step-*.pt (best.pt with --eval-davis)")
     p.add_argument("--preset", choices=PRESETS,
                    help="full (the paper, default), small (CPU), small-reflect (CPU: the "
                         "public code's loss, reflect padding, 250 steps; the TimeCycle recipe "
