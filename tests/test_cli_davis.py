@@ -186,7 +186,7 @@ def test_evaluate_scores_a_results_folder_as_it_was_propagated(synthetic_davis, 
             assert_one_line_error(code, err, "DAVIS root folder not found", str(root))
             continue
         assert code == 0 and (out / "global_results-val.csv").read_text() == scored
-        assert "--annotations Annotations_alt/480p, --sequences synth01" in err
+        assert "--sequences synth01, --year 2017, --annotations Annotations_alt/480p" in err
     # Given options win over the record: the default annotations score it lower.
     code, stdout, _ = _run(capsys, "evaluate", "davis", "--results", str(out), "--quiet",
                            "--root", str(moved), "--annotations", str(moved / "Annotations/480p"))

@@ -348,6 +348,16 @@ def test_new_propagation_removes_an_old_evaluation(tmp_path, capsys):
     assert (out / "pck_per_video.csv").is_file()
 
 
+def test_evaluate_takes_the_root_and_videos_it_was_propagated_with(tmp_path, capsys):
+    root = _fake_root(tmp_path, ["catch/a", "catch/b"], n_frames=4)
+    out = tmp_path / "o"
+    assert _run(capsys, "propagate", "jhmdb", "--root", str(root), "--videos", "catch/b",
+                "--out", str(out), "--device", "cpu", "--quiet", "--encoder", "pixel")[0] == 0
+    code, stdout, err = _run(capsys, "evaluate", "jhmdb", "--results", str(out))
+    assert code == 0 and "(1 videos" in stdout, err
+    assert f"records: --root {root.resolve()}, --videos catch/b" in err
+
+
 # ---------------------------------------------------------------- skeleton overlay
 
 

@@ -137,6 +137,8 @@ def test_evaluate_rescores_after_a_change(vip_root, tmp_path, capsys):
     assert _miou(out) < before
     assert _propagate(capsys, vip_root, out, "--encoder", "identity", "--videos", "videos001")[0] == 0
     assert not (out / "miou.csv").exists()  # a new propagation drops the old evaluation
+    code, stdout, err = _run(capsys, "evaluate", "vip", "--results", str(out))  # as propagated
+    assert code == 0 and "(1 videos" in stdout and "--videos videos001" in err, err
 
 
 def test_errors(vip_root, tmp_path, capsys):

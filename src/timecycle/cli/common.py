@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from timecycle.datasets.davis import DavisRoot
 from timecycle.encoder import ENCODERS
@@ -26,10 +27,24 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
 
+# The default of an `evaluate` option that `take_recorded` fills.
+RECORDED_DEFAULT = "what the results' propagation.json records"
+
+
+def add_root_args(p: argparse.ArgumentParser, root: str, names: str, default: str,
+                  recorded: bool = False) -> None:
+    """--root and --videos of JHMDB and VIP: `root` and `names` describe them, `default` is
+    the videos taken without --videos. `recorded`: `take_recorded` fills what is not given."""
+    p.add_argument("--root", required=not recorded,
+                   help=root + (f"; default: {RECORDED_DEFAULT}" if recorded else ""))
+    first = f"{RECORDED_DEFAULT}, else " if recorded else ""
+    p.add_argument("--videos", help=f"{names} (default: {first}{default})")
+
+
 def add_davis_args(p: argparse.ArgumentParser, recorded: bool = False) -> None:
     """The DAVIS options. `recorded`: a results folder's propagation.json supplies the ones not
     given (`timecycle evaluate davis`)."""
-    record = "what the results' propagation.json records"
+    record = RECORDED_DEFAULT
     then = f"; default: {record}, else " if recorded else "; default "
     p.add_argument("--root", required=not recorded,
                    help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)"
@@ -40,6 +55,54 @@ def add_davis_args(p: argparse.ArgumentParser, recorded: bool = False) -> None:
                    help="2017: palettised ids; 2016: binary 0/255 masks" + then + "2017")
     p.add_argument("--annotations", help="annotation folder overriding Annotations/480p"
                                          + (f"; default: {record}" if recorded else ""))
+
+
+# What propagation.json records of each benchmark's inputs: (root key, names key); DAVIS
+# also records its year and annotation folder.
+RECORDED_INPUTS = {"davis": ("davis_root", "sequences"), "jhmdb": ("jhmdb_root", "videos"),
+                   "vip": ("vip_root", "videos")}
+
+
+def take_recorded(args: argparse.Namespace, benchmark: str) -> None:
+    """Fill the options not given (None) from the results' propagation.json: --root, the
+    names (--sequences / --videos), and DAVIS's --year and --annotations, so that
+    `evaluate BENCHMARK --results R` scores R as it was propagated. Given options win; a note
+    says which were taken."""
+    from timecycle.propagation.results import PROVENANCE_FILE, read_provenance
+
+    results = Path(args.results)
+    record = read_provenance(results) if results.is_dir() else None
+    if record is None or record.get("benchmark") != benchmark:
+        record = {}
+    where = results / PROVENANCE_FILE
+    root_key, names_key = RECORDED_INPUTS[benchmark]
+    fields = [("root", root_key, str), (names_key, names_key, list)]
+    if benchmark == "davis":
+        fields += [("year", "year", int), ("annotations", "annotations", str)]
+    used = []
+    for attr, key, kind in fields:
+        if getattr(args, attr) is not None or key not in record:
+            continue
+        value = record[key]
+        if not isinstance(value, kind):
+            raise UserError(f"'{key}' is not a {kind.__name__}; pass --{attr}", where)
+        shown = value
+        if kind is list:  # [{"name": ..., "frames": ...}, ...]
+            names = [item.get("name") if isinstance(item, dict) else None for item in value]
+            if not names or not all(isinstance(n, str) for n in names):
+                raise UserError(f"'{key}' does not list names; pass --{attr}", where)
+            value = ",".join(names)
+            shown = value if len(value) <= 60 else f"({len(names)} {key})"
+        elif attr == "annotations":
+            value = str(Path(args.root) / value)  # relative to the root when inside it
+        setattr(args, attr, value)
+        used.append(f"--{attr} {shown}")
+    if args.root is None:
+        raise UserError("pass --root: no propagation.json here records the dataset's root",
+                        results)
+    if used:
+        print(f"timecycle: note: scoring as {where} records: {', '.join(used)}",
+              file=sys.stderr)
 
 
 def davis_root(args: argparse.Namespace) -> DavisRoot:

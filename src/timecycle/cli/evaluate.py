@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pathlib import Path
-
-from timecycle.cli.common import add_davis_args
-from timecycle.errors import UserError
+from timecycle.cli.common import add_davis_args, davis_root, take_recorded
 
 
 def register(sub) -> None:
@@ -46,57 +42,12 @@ def evaluate_and_print(root, results: str, names: list[str], progress: bool = Tr
     return global_row
 
 
-def _listed(items: list) -> str:
-    names = ",".join(str(item.get("name")) if isinstance(item, dict) else "?" for item in items)
-    return names if len(names) <= 60 else f"({len(items)} sequences)"
-
-
-def _as_propagated(args: argparse.Namespace):
-    """(DavisRoot, names): the options given, else what the results' propagation.json records
-    (so that a results folder is scored as it was propagated: its sequences, year and
-    annotations), else the defaults. The recorded ones used are said in a note."""
-    from timecycle.datasets.davis import DavisRoot
-    from timecycle.propagation.results import PROVENANCE_FILE, read_provenance
-
-    results = Path(args.results)
-    record = read_provenance(results) if results.is_dir() else None
-    if record is None or record.get("benchmark") != "davis":
-        record = {}
-    where = results / PROVENANCE_FILE
-    used: list[str] = []
-
-    def take(given, key: str, kind: type, flag: str, shown=None):
-        if given is not None or key not in record:
-            return given
-        value = record[key]
-        if not isinstance(value, kind):
-            raise UserError(f"'{key}' is not a {kind.__name__}; pass {flag}", where)
-        used.append(f"{flag} {shown(value) if shown else value}")
-        return value
-
-    root = take(args.root, "davis_root", str, "--root")
-    if root is None:
-        raise UserError("pass --root: no propagation.json here records the DAVIS root", results)
-    year = take(args.year, "year", int, "--year") or 2017
-    annotations = take(args.annotations, "annotations", str, "--annotations")
-    if annotations is not None and args.annotations is None:
-        annotations = Path(root) / annotations  # recorded relative to the root when inside it
-    sequences = take(args.sequences, "sequences", list, "--sequences", _listed)
-    if isinstance(sequences, list):
-        names = [item.get("name") if isinstance(item, dict) else None for item in sequences]
-        if not names or not all(isinstance(n, str) for n in names):
-            raise UserError("'sequences' does not list names; pass --sequences", where)
-        sequences = ",".join(names)
-    davis = DavisRoot(root, year=year, annotations=annotations)
-    names = davis.sequence_names(sequences)
-    if used:
-        print(f"timecycle: note: scoring as {where} records: {', '.join(used)}",
-              file=sys.stderr)
-    return davis, names
-
-
 def run_davis(args: argparse.Namespace) -> int:
-    root, names = _as_propagated(args)
+    take_recorded(args, "davis")
+    if args.year is None:
+        args.year = 2017
+    root = davis_root(args)
+    names = root.sequence_names(args.sequences)
     from timecycle.datasets.io import output_folder
 
     with output_folder(args.results):  # a failed scoring removes the score files it wrote

@@ -6,10 +6,12 @@ import argparse
 
 from timecycle.cli.common import (
     add_propagate_args,
+    add_root_args,
     check_at_least,
     check_tile,
     print_propagated,
     start_propagation,
+    take_recorded,
 )
 from timecycle.datasets.io import output_folder
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
@@ -17,11 +19,11 @@ from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
 PRESETS = PROTOCOLS_BY_BENCHMARK["jhmdb"]
 
 
-def _add_root_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", required=True, help="JHMDB root (Rename_Images/, joint_positions/)")
-    p.add_argument("--videos", help="a list file (<class>/<video> lines, or CRW's '<frames dir> "
-                   "<joint_positions.mat>' lines) or comma-separated <class>/<video> names "
-                   "(default: every video under Rename_Images)")
+def _add_root_args(p: argparse.ArgumentParser, recorded: bool = False) -> None:
+    add_root_args(p, "JHMDB root (Rename_Images/, joint_positions/)",
+                  "a list file (<class>/<video> lines, or CRW's '<frames dir> "
+                  "<joint_positions.mat>' lines) or comma-separated <class>/<video> names",
+                  "every video under Rename_Images", recorded)
 
 
 def add_propagate_parser(bench) -> None:
@@ -33,7 +35,7 @@ def add_propagate_parser(bench) -> None:
 
 def add_evaluate_parser(bench) -> None:
     p = bench.add_parser("jhmdb", help="JHMDB PCK@0.1..0.5 (the CRW/UVC evaluation)")
-    _add_root_args(p)
+    _add_root_args(p, recorded=True)
     p.add_argument("--results", required=True, help="folder with <class>/<video>.npy predictions")
     p.add_argument("--quiet", action="store_true", help="accepted for symmetry; nothing to show")
     p.set_defaults(run=run_evaluate)
@@ -79,6 +81,7 @@ def run_propagate(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from timecycle.datasets.jhmdb import JhmdbRoot
 
+    take_recorded(args, "jhmdb")
     root = JhmdbRoot(args.root)
     names = root.video_names(args.videos)
     with output_folder(args.results):  # a failed scoring removes the score files it wrote

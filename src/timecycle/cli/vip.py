@@ -6,10 +6,12 @@ import argparse
 
 from timecycle.cli.common import (
     add_propagate_args,
+    add_root_args,
     check_at_least,
     check_tile,
     print_propagated,
     start_propagation,
+    take_recorded,
 )
 from timecycle.datasets.io import output_folder
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
@@ -17,9 +19,9 @@ from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
 PRESETS = PROTOCOLS_BY_BENCHMARK["vip"]
 
 
-def _add_root_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", required=True, help="VIP root (Images/, Annotations/Category_ids/, lists/)")
-    p.add_argument("--videos", help="a list file or comma-separated names (default lists/val_videos.txt)")
+def _add_root_args(p: argparse.ArgumentParser, recorded: bool = False) -> None:
+    add_root_args(p, "VIP root (Images/, Annotations/Category_ids/, lists/)",
+                  "a list file or comma-separated names", "lists/val_videos.txt", recorded)
 
 
 def add_propagate_parser(bench) -> None:
@@ -31,7 +33,7 @@ def add_propagate_parser(bench) -> None:
 
 def add_evaluate_parser(bench) -> None:
     p = bench.add_parser("vip", help="VIP mIoU over the 20 classes (the VIP evaluation)")
-    _add_root_args(p)
+    _add_root_args(p, recorded=True)
     p.add_argument("--results", required=True, help="folder with one folder of PNGs per video")
     p.add_argument("--quiet", action="store_true", help="accepted for symmetry; nothing to show")
     p.set_defaults(run=run_evaluate)
@@ -73,6 +75,7 @@ def run_propagate(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from timecycle.datasets.vip import VipRoot
 
+    take_recorded(args, "vip")
     root = VipRoot(args.root)
     names = root.video_names(args.videos)
     with output_folder(args.results):  # a failed scoring removes the score files it wrote
