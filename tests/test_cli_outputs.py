@@ -133,6 +133,19 @@ def test_propagate_davis_failure_leaves_nothing(existing, synthetic_davis, tmp_p
         assert not out.exists()
 
 
+@pytest.fixture
+def default_signals():
+    """SIGINT and SIGTERM at Python's defaults for the test: a suite started in the background
+    (`make test &` in a script) inherits SIGINT ignored, which a command rightly keeps."""
+    import signal
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    yield
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
 def _sigterm_during_propagation(capture, monkeypatch, root: Path, out: Path) -> tuple[int, str]:
     """`propagate davis` into `out` (holding notes.txt), sent SIGTERM from inside the encoder
     after the first sequence's frames; (exit status, stderr)."""
@@ -158,7 +171,7 @@ def _sigterm_during_propagation(capture, monkeypatch, root: Path, out: Path) -> 
 
 
 def test_sigterm_during_propagation_removes_what_it_wrote(synthetic_davis, tmp_path, capsys,
-                                                          monkeypatch):
+                                                          monkeypatch, default_signals):
     # `kill` or `timeout` (SIGTERM), not only Ctrl-C: the command stops, removes its partial
     # folders, and exits 143.
     import signal
@@ -171,7 +184,7 @@ def test_sigterm_during_propagation_removes_what_it_wrote(synthetic_davis, tmp_p
 
 
 def test_a_second_signal_while_tidying_up_is_only_acknowledged(synthetic_davis, tmp_path, capfd,
-                                                               monkeypatch):
+                                                               monkeypatch, default_signals):
     # SIGTERM, then Ctrl-C while the command removes what it wrote: the second used to raise
     # inside that tidying (a "release unlocked lock" traceback, the folder half tidied).
     import signal
@@ -194,7 +207,7 @@ def test_a_second_signal_while_tidying_up_is_only_acknowledged(synthetic_davis, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
-def test_ctrl_c_while_the_command_starts_is_one_line(capsys, monkeypatch):
+def test_ctrl_c_while_the_command_starts_is_one_line(capsys, monkeypatch, default_signals):
     import signal
 
     import timecycle.cli as cli
@@ -208,6 +221,33 @@ def test_ctrl_c_while_the_command_starts_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "build_parser", build_parser)
     code, _, err = _run(capsys, ["evaluate", "davis", "--help"])
     assert code == 130 and err.strip() == "timecycle: interrupted"
+
+
+def test_a_signal_ignored_when_the_command_starts_stays_ignored(synthetic_davis, tmp_path,
+                                                                capsys, monkeypatch):
+    # `timecycle propagate ... &` in a script starts with SIGINT ignored, so that a Ctrl-C meant
+    # for the terminal's foreground job does not stop it; the command must not take it back.
+    import signal
+
+    from timecycle.encoder.pixel import PixelEncoder
+
+    real, calls = PixelEncoder.forward, []
+
+    def forward(self, x):
+        calls.append(signal.getsignal(signal.SIGINT))
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self, x)
+
+    monkeypatch.setattr(PixelEncoder, "forward", forward)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code, _, err = _run(capsys, ["propagate", "davis", "--root", synthetic_davis, "--encoder",
+                                     "pixel", "--device", "cpu", "--quiet", "--out", tmp_path / "o"])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 0 and err == "" and calls and set(calls) == {signal.SIG_IGN}
+    assert (tmp_path / "o" / "propagation.json").is_file()
 
 
 def test_a_failed_rerun_leaves_the_previous_results_whole(synthetic_davis, tmp_path, capsys):

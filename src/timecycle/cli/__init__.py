@@ -89,7 +89,8 @@ def _stop_on_interruptions():
     """SIGINT and SIGTERM for the whole command, start-up included: the first raises
     (KeyboardInterrupt, `Terminated`) so the command tidies up; one more while it tidies is
     only acknowledged, since an exception raised inside that tidying (or inside a lock's
-    release) would leave a traceback and half-restored results; a third stops at once."""
+    release) would leave a traceback and half-restored results; a third stops at once. A
+    signal ignored when the command starts (a script's `cmd &`, nohup) stays ignored."""
     received: list[int] = []
 
     def handler(signum: int, frame) -> None:
@@ -106,7 +107,10 @@ def _stop_on_interruptions():
     if threading.current_thread() is not threading.main_thread():
         yield  # Python installs handlers from the main thread only
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    from timecycle.engine.signals import not_ignored
+
+    previous = {sig: signal.signal(sig, handler)
+                for sig in not_ignored((signal.SIGINT, signal.SIGTERM))}
     try:
         yield
     finally:

@@ -36,6 +36,14 @@ EXIT_STOPPED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+def not_ignored(signals) -> tuple[signal.Signals, ...]:
+    """The signals whose disposition is not SIG_IGN. A signal ignored when the command starts
+    stays ignored, as the shell means it: `cmd &` in a script ignores SIGINT so that a Ctrl-C
+    meant for the terminal's foreground job does not reach background ones (POSIX, the shell's
+    asynchronous lists); `nohup` and supervisors ignore others the same way."""
+    return tuple(sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN)
+
+
 class StopRequest(threading.Event):
     """A threading.Event set by a stop signal; `signal_name` names the first one received."""
 
@@ -75,6 +83,7 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
                     os.write(2, f"{announce}: {name} received: finishing the step, then "
                                 "saving\n".encode())
 
+    signals = not_ignored(signals)
     previous = {sig: signal.signal(sig, handler) for sig in signals}
     reader, writer = socket.socketpair()
     writer.setblocking(False)  # set_wakeup_fd requires it: a signal must never block
