@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -587,3 +589,31 @@ def test_a_folder_another_live_run_writes_is_refused(tmp_path):
     with output_folder(out):  # its writer gone, the journal is an interrupted run's
         pass
     assert not (out / JOURNAL).exists()
+
+
+def test_a_journal_whose_pid_is_now_another_process_is_an_interrupted_runs(tmp_path):
+    # A killed run's pid can be reused by an unrelated process: that one must not be taken for
+    # the writer (the folder would be refused until it ended). /proc says when a pid started.
+    import socket
+
+    from timecycle.datasets.io import JOURNAL, _process_start, output_folder
+
+    started = _process_start(os.getpid())
+    if started is None:
+        pytest.skip("no /proc here: a process's start time is unknown")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "res").write_text("new")
+    (out / ".replaced-res").write_text("old")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # its own pid, but a start time before it was born: the writer was another process
+        (out / JOURNAL).write_text(json.dumps(
+            {"pid": live.pid, "host": socket.gethostname(),
+             "started": _process_start(live.pid) - 1, "replaced": [["res", ".replaced-res"]]}))
+        with pytest.warns(UserWarning, match="put back 1 previous result"):
+            with output_folder(out):
+                pass
+    finally:
+        live.kill()
+        live.wait()
+    assert (out / "res").read_text() == "old" and not (out / JOURNAL).exists()

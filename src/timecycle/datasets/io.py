@@ -244,6 +244,7 @@ class _Journal:
         root = self.file.parent
         write_json_atomic(self.file, {
             "pid": os.getpid(), "host": socket.gethostname(),
+            "started": _process_start(os.getpid()),
             "replaced": [[os.path.relpath(o, root), os.path.relpath(a, root)]
                          for o, a in self.listed]})
 
@@ -309,6 +310,16 @@ def _journal_pairs(record: dict, root: Path) -> list[tuple[Path, Path]] | None:
     return pairs
 
 
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux's /proc/PID/stat field
+    22); None where /proc cannot tell. With the pid it names one process: a pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # the name may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _live_writer(record: dict, folder: Path) -> bool:
     """True if the journal is this process's own (an enclosing block); a UserError if another
     live process on this machine writes it: two commands writing one folder at once would mix
@@ -324,6 +335,9 @@ def _live_writer(record: dict, folder: Path) -> bool:
         return False
     except PermissionError:
         pass  # alive, another user's
+    started = record.get("started")
+    if isinstance(started, int) and _process_start(pid) not in (started, None):
+        return False  # the writer is gone and its pid taken by another process since
     raise UserError(f"another run (process {pid}) is writing into this folder now; wait for "
                     "it to finish, or choose another --out", folder)
 
