@@ -598,8 +598,7 @@ def test_a_journal_whose_pid_is_now_another_process_is_an_interrupted_runs(tmp_p
 
     from timecycle.datasets.io import JOURNAL, _process_start, output_folder
 
-    started = _process_start(os.getpid())
-    if started is None:
+    if _process_start(os.getpid()) is None:
         pytest.skip("no /proc here: a process's start time is unknown")
     out = tmp_path / "o"
     out.mkdir()

@@ -229,6 +229,9 @@ class _Journal:
         self.top = self if outer is None else outer.top
         self.file = folder.absolute() / JOURNAL  # used by the top block only
         self.listed: list[tuple[Path, Path]] = []  # the top block's: what its file lists
+        # Who writes it, read once: the file is rewritten at every replacement (per sequence).
+        self.writer = {"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": _process_start(os.getpid())} if outer is None else None
 
     def add(self, original: Path, aside: Path) -> None:
         self.pairs.append((original, aside))
@@ -243,8 +246,7 @@ class _Journal:
     def write(self) -> None:
         root = self.file.parent
         write_json_atomic(self.file, {
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "started": _process_start(os.getpid()),
+            **self.writer,
             "replaced": [[os.path.relpath(o, root), os.path.relpath(a, root)]
                          for o, a in self.listed]})
 
