@@ -358,6 +358,21 @@ def test_evaluate_takes_the_root_and_videos_it_was_propagated_with(tmp_path, cap
     assert f"records: --root {root.resolve()}, --videos catch/b" in err
 
 
+def test_a_video_with_nothing_scored_is_named_not_printed_as_nan(tmp_path, capsys):
+    root = _fake_root(tmp_path, ["catch/a", "catch/b"], n_frames=4)
+    out = tmp_path / "o"
+    assert _run(capsys, "propagate", "jhmdb", "--root", str(root), "--out", str(out), "--device", "cpu",
+                "--quiet", "--encoder", "identity")[0] == 0
+    pred = np.load(out / "catch" / "b.npy")
+    pred[1:] = np.nan  # no joint predicted after frame 0: nothing of this video is scored
+    np.save(out / "catch" / "b.npy", pred)
+    code, stdout, err = _run(capsys, "evaluate", "jhmdb", "--results", str(out))
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.startswith("  ")}
+    assert "no joint scored after frame 0" in rows["catch/b"] and "PCK@0.1" in rows["catch/a"]
+    assert "nan" not in stdout.lower()
+
+
 # ---------------------------------------------------------------- skeleton overlay
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from timecycle.cli.common import (
     add_propagate_args,
@@ -47,7 +48,12 @@ def evaluate_and_print(root, results: str, names: list[str]) -> dict[float, floa
     result = evaluate_jhmdb(root, results, names)
     if len(result.per_video) > 1:
         width = max(len(n) for n in result.per_video)
+        unscored = []
         for name, v in result.per_video.items():
+            if all(math.isnan(p) for p in v.values()):
+                unscored.append(name)
+                print(f"  {name:<{width}}  no joint scored after frame 0 (not in the mean)")
+                continue
             print(f"  {name:<{width}}  " + " ".join(f"PCK@{a:g} {p:.4f}" for a, p in v.items()))
     print(" ".join(f"PCK@{a:g} {p:.4f}" for a, p in result.pck.items())
           + f"  ({len(names)} videos, {result.frames} frames)")
