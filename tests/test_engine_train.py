@@ -12,6 +12,7 @@ import json
 import shutil
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -559,7 +560,7 @@ def test_native_bf16_detection_reads_the_cpu_flags(tmp_path, monkeypatch):
 # Command line --------------------------------------------------------------------------------
 
 
-def test_cli_trains_and_resumes(data, tmp_path, capsys):
+def test_cli_trains_and_resumes(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     argv = ["train", "--data", str(data), "--out", str(out), "--preset", "small",
             "--batch-size", "2", "--workers", "0", "--device", "cpu", "--fps", "native",
@@ -573,7 +574,11 @@ def test_cli_trains_and_resumes(data, tmp_path, capsys):
         "small", "resnet18", None, 2, "crop")
     said = capsys.readouterr().out
     assert "trained to step 2" in said and "(4 clips in " in said  # 2 steps of 2 clips
+    reads, torch_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(Path(f).name) or torch_load(f, *a, **k))
     assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet"]) == 0
+    assert reads == ["last.pt"]  # read once: the command's config and the engine's state
+    monkeypatch.undo()
     assert load_checkpoint(out / "last.pt")["step"] == 3
     assert [r["step"] for r in read_metrics(out)] == [2, 3]  # small logs every 5, and at the end
 

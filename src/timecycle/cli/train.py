@@ -142,8 +142,12 @@ def register(sub) -> None:
     p.set_defaults(run=run_train)
 
 
-def config_from_args(args: argparse.Namespace):
-    """The resolved TrainConfig: preset (or the resumed run's config), then the given flags."""
+def config_from_args(args: argparse.Namespace, resumed: tuple[Path, dict] | None = None):
+    """The resolved TrainConfig: preset (or the resumed run's config), then the given flags.
+
+    resumed: with --resume, the run's checkpoint as `latest_checkpoint` gives it, when the
+        caller has read it already (else it is read here).
+    """
     from timecycle.engine.checkpoint import latest_checkpoint
     from timecycle.engine.config import TrainConfig, apply_overrides, make_config
     from timecycle.errors import UserError
@@ -177,8 +181,7 @@ def config_from_args(args: argparse.Namespace):
     if args.fps is not None:
         overrides["fps"] = args.fps or None  # 'native' (0) -> None: no resampling
     if args.resume:
-        # Damaged files are reported once, by the engine, when it picks the same checkpoint.
-        _, state = latest_checkpoint(args.out, report=False)
+        _, state = resumed or latest_checkpoint(args.out, report=False)
         saved = TrainConfig.from_dict(state["config"])
         if args.preset and args.preset != saved.preset:
             raise UserError(f"--preset {args.preset} given, but the run was made with "
@@ -192,21 +195,24 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from timecycle.datasets.io import check_output_folder, output_folder
-    from timecycle.engine.checkpoint import has_checkpoint
+    from timecycle.engine.checkpoint import has_checkpoint, latest_checkpoint
     from timecycle.engine.distributed import world_from_env
     from timecycle.engine.logging import read_metrics
     from timecycle.engine.signals import EXIT_STOPPED, stop_on_signals
     from timecycle.engine.train import run_training
 
     check_output_folder(args.out)
-    config = config_from_args(args)
     world = world_from_env()
+    # Read once, here, and handed to the engine: a checkpoint of the full preset with Adam's
+    # moments is ~300 MB. Rank 0 alone reports the damaged files it passes over.
+    resumed = latest_checkpoint(args.out, report=world.is_main) if args.resume else None
+    config = config_from_args(args, resumed)
     who = f"timecycle (rank {world.rank})" if world.distributed else "timecycle"
     # A failed run leaves nothing new in RUN unless it saved a checkpoint (kept for --resume);
     # rank 0 alone writes there, so it alone tidies.
     tidy = output_folder(config.out, keep=has_checkpoint) if world.is_main else nullcontext()
     with tidy, stop_on_signals(announce=who) as stop:
-        outcome = run_training(config, resume=args.resume, stop=stop)
+        outcome = run_training(config, resume=args.resume, stop=stop, resumed=resumed)
     last = outcome.run_dir / "last.pt"
     if outcome.stopped:
         cause = stop.signal_name or "another process's stop signal"

@@ -190,8 +190,13 @@ def train(config: TrainConfig, resume: bool = False,
 
 
 def run_training(config: TrainConfig, resume: bool = False,
-                 stop: threading.Event | None = None) -> Outcome:
-    """`train`, returning how the run ended."""
+                 stop: threading.Event | None = None,
+                 resumed: tuple[Path, dict] | None = None) -> Outcome:
+    """`train`, returning how the run ended.
+
+    resumed: with `resume`, the run's checkpoint as `checkpoint.latest_checkpoint` gives it,
+        when the caller has read it already; else it is read here.
+    """
     run_dir = Path(config.out)
     world = distributed.world_from_env()
     device = distributed.resolve_device(config.device, world)
@@ -207,7 +212,7 @@ def run_training(config: TrainConfig, resume: bool = False,
             def prepare() -> tuple[Path | None, list[VideoRecord]]:  # rank 0 only
                 path = None
                 if resume:
-                    path, loaded["state"] = ckpt.latest_checkpoint(run_dir)
+                    path, loaded["state"] = resumed or ckpt.latest_checkpoint(run_dir)
                     check_resumable(TrainConfig.from_dict(loaded["state"]["config"]), config)
                 elif ckpt.has_checkpoint(run_dir):
                     raise UserError(f"already holds a run ({ckpt.LAST}); pass --resume to "
@@ -216,7 +221,10 @@ def run_training(config: TrainConfig, resume: bool = False,
                 return path, index_videos(config.data, run_dir, config.workers)
 
             path, videos = distributed.on_main(prepare, world)
-            state = loaded.get("state") or (ckpt.load_checkpoint(path) if path else None)
+            if "state" not in loaded and path is not None:  # the other ranks: rank 0's pick
+                same = resumed is not None and Path(resumed[0]).resolve() == Path(path).resolve()
+                loaded["state"] = resumed[1] if same else ckpt.load_checkpoint(path)
+            state = loaded.get("state")
             return _run(config, run_dir, device, world, state, videos, stop, compile_mode)
     finally:
         torch.set_num_threads(threads)
