@@ -501,7 +501,8 @@ def learning(p: dict, rec: Record) -> None:
     from timecycle.engine.evaluation import DavisProxy
     from timecycle.engine.logging import read_metrics
     from timecycle.engine.runtime import resolve_device
-    from timecycle.engine.train import build_model, run_training
+    from timecycle.engine.setup import build_model
+    from timecycle.engine.train import run_training
 
     deadline = time.monotonic() + p["budget_s"]
     device = resolve_device(p["device"])

@@ -82,7 +82,7 @@ def baselines(args, proxy, final, configs) -> list[dict]:
 
     from timecycle.data import make_loader
     from timecycle.encoder import build_encoder
-    from timecycle.engine.train import build_dataset, build_model, index_videos
+    from timecycle.engine.setup import build_dataset, build_model, index_videos
 
     device = torch.device("cpu")
     wanted = set(args.baselines.split(","))

@@ -69,7 +69,7 @@ def worker(args: argparse.Namespace) -> dict:
     from timecycle.engine.config import make_config
     from timecycle.engine.runtime import amp_dtype as resolve_amp, resolve_device
     from timecycle.engine.step import train_step
-    from timecycle.engine.train import compile_cycles, index_videos, make_optimizer
+    from timecycle.engine.setup import compile_cycles, index_videos, make_optimizer
     from timecycle.tracker import TimeCycle
 
     device = resolve_device(args.device)

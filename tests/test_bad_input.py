@@ -122,7 +122,7 @@ def test_a_bad_file_met_during_training_is_named_where_the_user_keeps_it(synthet
     from timecycle.encoder import build_encoder
     from timecycle.engine.config import make_config
     from timecycle.engine.evaluation import DavisProxy
-    from timecycle.engine.train import build_dataset
+    from timecycle.engine.setup import build_dataset
 
     root = Path(shutil.copytree(synthetic_davis, tmp_path / "davis"))
     frame = root / "JPEGImages/480p/synth01/00002.jpg"

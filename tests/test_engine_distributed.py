@@ -200,18 +200,19 @@ def _free_port() -> int:
 def _rank_main(rank: int, world: int, jobs: list[dict]) -> None:
     """One process of the two: runs `jobs` in order, each in its own process group, and saves
     its parameters and outcome after each (spawned; module level so that it pickles)."""
+    from timecycle.engine import setup
     from timecycle.engine import train as train_mod
 
     torch.set_num_threads(1)
     built = {}
-    real_build = train_mod._build
+    real_build = setup.build_run
 
     def build(*args, **kwargs):
         model, optimizer, counters = real_build(*args, **kwargs)
         built["model"] = model
         return model, optimizer, counters
 
-    train_mod._build = build
+    setup.build_run = build
     for job in jobs:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))

@@ -23,6 +23,7 @@ from timecycle.data import ClipDataset, build_index
 from timecycle.datasets.davis import DavisRoot
 from timecycle.encoder.resnet import ResNetEncoder
 from timecycle.encoder.weights import load_weights
+from timecycle.engine import setup
 from timecycle.engine import step as step_mod
 from timecycle.engine import train as train_mod
 from timecycle.engine.checkpoint import load_checkpoint, numbered_checkpoints
@@ -302,7 +303,7 @@ def test_cli_padding_reaches_the_timecycle_encoder(data, tmp_path):
     assert parsed().padding == "zeros"  # the paper's (torchvision's) padding stays the default
     config = parsed("--padding", "reflect")
     assert config.padding == "reflect"
-    convs = [m for m in train_mod.build_model(config).encoder.modules()
+    convs = [m for m in setup.build_model(config).encoder.modules()
              if isinstance(m, torch.nn.Conv2d) and sum(m.padding) > 0]
     assert convs and {m.padding_mode for m in convs} == {"reflect"}
     with pytest.raises(UserError, match="padding 'zeros' -> 'reflect'"):
@@ -352,7 +353,7 @@ def test_fused_adam_resumes_the_state_of_a_plain_adam():
     for p, g in zip(model.parameters(), grads):
         p.grad = g.clone()
     plain.step()
-    fused = train_mod.make_optimizer(model, config)
+    fused = setup.make_optimizer(model, config)
     assert fused.defaults["fused"]
     fused.load_state_dict(copy.deepcopy(plain.state_dict()))  # as from a file: no sharing
     twin = torch.nn.Linear(4, 3)

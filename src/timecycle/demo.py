@@ -152,7 +152,7 @@ def probe_step_seconds(cfg: DemoConfig) -> tuple[float, float]:
     from timecycle.engine.distributed import World, resolve_device
     from timecycle.engine.runtime import amp_dtype
     from timecycle.engine.step import train_step
-    from timecycle.engine.train import make_optimizer
+    from timecycle.engine.setup import make_optimizer
     from timecycle.tracker import TimeCycle
 
     config = _train_config(cfg, Path("."), Path("."))
