@@ -525,6 +525,10 @@ def _killed_rerun(out: Path, when: str) -> None:
     assert proc.returncode == -9
 
 
+def _contents(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
 def _texts(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*")) if p.is_file()}
 
@@ -548,6 +552,46 @@ def test_a_rerun_killed_outright_is_put_back_by_the_next_command(tmp_path):
             assert _texts(out) == before
             raise KeyError("the next run fails too")
     assert _texts(out) == before and sorted(p.name for p in out.iterdir()) == ["a", "b", "c.csv"]
+
+
+_KILLED_PROPAGATION = """
+import os, signal, sys
+from pathlib import Path
+from timecycle.datasets.io import output_folder, replace_entry
+out = Path(sys.argv[1])
+with output_folder(out):  # as a rerun of `propagate davis` is when SIGKILL comes
+    replace_entry(out / "propagation.json")
+    replace_entry(out / "synth00")
+    (out / ".partial-synth00").mkdir()
+    (out / ".partial-synth00" / "00000.png").write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("reader", ["evaluate", "report"])
+def test_commands_that_read_results_put_a_killed_rerun_back_first(reader, synthetic_davis,
+                                                                   tmp_path, capsys):
+    # `evaluate` without --root reads propagation.json and `report` reads the whole folder:
+    # before, both found the killed rerun's folder without it and failed.
+    import subprocess
+    import sys
+
+    out = tmp_path / "res"
+    code, _, err = _run(capsys, ["propagate", "davis", "--root", synthetic_davis, "--encoder",
+                                 "pixel", "--device", "cpu", "--sequences", "synth00",
+                                 "--out", out, "--quiet", "--evaluate"])
+    assert code == 0, err
+    before = _contents(out)
+    assert subprocess.run([sys.executable, "-c", _KILLED_PROPAGATION, str(out)]).returncode == -9
+    assert not (out / "propagation.json").exists() and (out / ".partial-synth00").is_dir()
+    argv = (["evaluate", "davis", "--results", out, "--quiet"] if reader == "evaluate"
+            else ["report", out, "--out", tmp_path / "page"])
+    code, _, err = _run(capsys, argv)
+    assert code == 0, err
+    assert "put back 2 previous result(s)" in err
+    assert _contents(out) == before  # `evaluate` wrote its score files again, equal
+    assert reader == "evaluate" or (tmp_path / "page" / "index.html").is_file()
+    assert not list(out.glob(".*"))  # no journal, no set-aside copy, no unfinished item
 
 
 def test_a_run_killed_after_its_commit_keeps_its_new_results(tmp_path):

@@ -68,9 +68,11 @@ def take_recorded(args: argparse.Namespace, benchmark: str) -> None:
     names (--sequences / --videos), and DAVIS's --year and --annotations, so that
     `evaluate BENCHMARK --results R` scores R as it was propagated. Given options win; a note
     says which were taken."""
+    from timecycle.datasets.io import recover_interrupted
     from timecycle.propagation.results import PROVENANCE_FILE, read_provenance
 
     results = Path(args.results)
+    recover_interrupted(results)  # a killed rerun set the propagation's files aside
     record = read_provenance(results) if results.is_dir() else None
     if record is None or record.get("benchmark") != benchmark:
         record = {}

@@ -58,7 +58,7 @@ def run_davis(args: argparse.Namespace) -> int:
 def run_points(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from timecycle.datasets.io import output_folder
+    from timecycle.datasets.io import output_folder, recover_interrupted
     from timecycle.metrics.points import (
         points_pck,
         read_ground_truth,
@@ -66,6 +66,7 @@ def run_points(args: argparse.Namespace) -> int:
         write_points_pck,
     )
 
+    recover_interrupted(Path(args.pred).parent)  # a killed `track` rerun set it aside
     gt = read_ground_truth(args.gt)
     pred = read_prediction(args.pred, len(gt.names))
     result = points_pck(gt, pred, args.alpha, args.masks)

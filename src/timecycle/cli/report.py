@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from timecycle.cli.common import check_at_least, check_positive
-from timecycle.datasets.io import output_folder
+from timecycle.datasets.io import output_folder, recover_interrupted
 from timecycle.errors import UserError
 
 
@@ -36,6 +36,7 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError("no such folder", path)
     check_positive(args, "--fps")  # 0 divides by zero in the animation writer
     check_at_least(args, 1, "--max-width")
+    recover_interrupted(path)  # a killed rerun set the results it shows aside
     training = (path / METRICS_FILE).is_file()
     if training and args.root:
         raise UserError("--root applies to propagation results, not to a training run")

@@ -220,7 +220,7 @@ class _Journal:
     The outermost block also keeps every pair of itself and the blocks inside it on disk
     (`JOURNAL` in its folder, paths relative to it) from the first replacement on. A run
     killed outright (SIGKILL, power loss) cannot put its set-aside copies back itself; the
-    journal lets the next command on the folder do it (`_recover`). Removing the journal is
+    journal lets the next command on the folder do it (`recover_interrupted`). Removing the journal is
     the commit: a run killed after that keeps its new results, and only its leftover
     `.replaced-*` copies are garbage, deleted when a later run replaces the same name."""
 
@@ -344,9 +344,15 @@ def _live_writer(record: dict, folder: Path) -> bool:
                     "it to finish, or choose another --out", folder)
 
 
-def _recover(path: Path) -> None:
+def recover_interrupted(path: str | Path) -> None:
     """Put back what runs killed outright had set aside in `path` (their journals, at any
-    depth): the folder returns to what it held before those runs, as a failed run leaves it."""
+    depth), and remove their unfinished `.partial-*` items: the folder returns to what it held
+    before those runs, as a failed run leaves it. Every command that writes into a folder
+    (`output_folder`) or reads results from one calls it first.
+
+    A UserError if another live process writes the folder now.
+    """
+    path = Path(path)
     if not path.is_dir():
         return
     for dirpath, _, filenames in os.walk(path):
@@ -362,6 +368,12 @@ def _recover(path: Path) -> None:
                             "replaced; put its .replaced-* entries back by hand, then delete it",
                             file)
         _put_back(pairs)
+        # No run has started here since the writer died (each would have recovered first):
+        # its unfinished items (propagation/results.py partial_folder) are nobody's.
+        for parent, names, _ in os.walk(file.parent):
+            for name in [n for n in names if n.startswith(".partial-")]:
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                names.remove(name)
         file.unlink()
         if pairs:
             warnings.warn(f"{dirpath}: put back {len(pairs)} previous result(s) that a run "
@@ -380,7 +392,7 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
     inside `path` (disk full, read-only) becomes a UserError naming that file.
     """
     path = check_output_folder(path)
-    _recover(path)
+    recover_interrupted(path)
     top = path  # the outermost folder the block will create
     while not top.parent.exists():
         top = top.parent
