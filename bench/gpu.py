@@ -30,9 +30,10 @@ says what it skipped; a section that fails or overruns (killed 20 s past its bud
 its processes) records the error, and the next one runs.
 
 The GPU machine has no PyAV and no network. Training reads frame folders only; if `av` cannot
-be imported, the sections get a stand-in module that fails when a video file is opened (the
-project imports `av` at import time: timecycle/data/video.py). --smoke always uses the
-stand-in, so the test proves the path the GPU machine takes. ../shared does not travel with
+be imported, the sections get a stand-in module that fails when a video file is opened, as
+the missing module would (the project imports `av` only then: timecycle/data/video.py).
+--smoke always uses the stand-in, hiding an installed PyAV, so the test proves the path the
+GPU machine takes. ../shared does not travel with
 the working tree (64 MiB at most): `--pack .gpudata` copies a DAVIS subset (whole sequences,
 smallest first, within --pack-mib) and the training frame folders scaled to short side 256
 (the largest size any preset reads) into the repository, ignored by git, to carry.
