@@ -3,6 +3,7 @@ leaves nothing behind; provenance paths are absolute; messages start on their ow
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -552,6 +553,22 @@ def test_a_rerun_killed_outright_is_put_back_by_the_next_command(tmp_path):
             assert _texts(out) == before
             raise KeyError("the next run fails too")
     assert _texts(out) == before and sorted(p.name for p in out.iterdir()) == ["a", "b", "c.csv"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_device_is_one_line_naming_the_output_folder(tmp_path, code):
+    # write() and close() raise ENOSPC without a filename (seen on a full tmpfs with
+    # propagate, track, train, report and evaluate points): a traceback before.
+    from timecycle.datasets.io import output_folder
+    from timecycle.errors import UserError
+
+    out = tmp_path / "o"
+    with pytest.raises(UserError) as caught, output_folder(out):
+        out.mkdir()
+        (out / "a.png").write_text("half")
+        raise OSError(code, os.strerror(code))
+    assert caught.value.path == out and os.strerror(code) in str(caught.value)
+    assert not out.exists()  # and the half-written output is gone
 
 
 _KILLED_PROPAGATION = """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import io
 import json
 import os
@@ -380,6 +381,10 @@ def recover_interrupted(path: str | Path) -> None:
                           "killed before it finished had set aside", stacklevel=2)
 
 
+# Errors of the device, not of one file: raised by write() and close(), without a filename.
+_DEVICE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 @contextlib.contextmanager
 def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """A command's output folder: checked first (`check_output_folder`), tidied if it fails.
@@ -420,6 +425,9 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
         if isinstance(err, OSError) and _inside(err.filename, path):
             reason = err.strerror or type(err).__name__
             raise UserError(f"cannot write ({reason})", err.filename) from None
+        if isinstance(err, OSError) and err.filename is None and err.errno in _DEVICE_FULL:
+            # write() and close() name no file: the folder is where the run was writing
+            raise UserError(f"cannot write ({os.strerror(err.errno)})", path) from None
         raise
     _REPLACED.reset(token)
     _settle(journal, outer)
