@@ -611,6 +611,35 @@ def test_commands_that_read_results_put_a_killed_rerun_back_first(reader, synthe
     assert not list(out.glob(".*"))  # no journal, no set-aside copy, no unfinished item
 
 
+def test_readers_recover_their_results_folder_alone(tmp_path):
+    # `evaluate points --pred W/pred.npy` reads W: a killed run in W/k2, or one writing W/live
+    # now, is another command's business (before: put back, or refused "another run").
+    import subprocess
+    import sys
+
+    from timecycle.datasets.io import JOURNAL, recover_interrupted
+
+    (tmp_path / "k2" / "a").mkdir(parents=True)
+    (tmp_path / "k2" / "a" / "x.png").write_text("old")
+    _killed_rerun(tmp_path / "k2", "before-commit")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "live").mkdir()
+        (tmp_path / "live" / JOURNAL).write_text(json.dumps(
+            {"pid": live.pid, "host": __import__("socket").gethostname(), "replaced": []}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            recover_interrupted(tmp_path, deep=False)
+    finally:
+        live.kill()
+        live.wait()
+    assert (tmp_path / "k2" / JOURNAL).is_file() and (tmp_path / "k2" / ".replaced-a").is_dir()
+    with pytest.warns(UserWarning, match="put back 1 previous"):
+        recover_interrupted(tmp_path / "k2", deep=False)  # its own folder: put back
+    assert (tmp_path / "k2" / "a" / "x.png").read_text() == "old"
+    assert not list((tmp_path / "k2").glob(".*"))
+
+
 def test_a_run_killed_after_its_commit_keeps_its_new_results(tmp_path):
     from timecycle.datasets.io import output_folder, replace_entry
 

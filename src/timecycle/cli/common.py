@@ -72,7 +72,7 @@ def take_recorded(args: argparse.Namespace, benchmark: str) -> None:
     from timecycle.propagation.results import PROVENANCE_FILE, read_provenance
 
     results = Path(args.results)
-    recover_interrupted(results)  # a killed rerun set the propagation's files aside
+    recover_interrupted(results, deep=False)  # a killed rerun set the propagation's files aside
     record = read_provenance(results) if results.is_dir() else None
     if record is None or record.get("benchmark") != benchmark:
         record = {}

@@ -66,7 +66,7 @@ def run_points(args: argparse.Namespace) -> int:
         write_points_pck,
     )
 
-    recover_interrupted(Path(args.pred).parent)  # a killed `track` rerun set it aside
+    recover_interrupted(Path(args.pred).parent, deep=False)  # a killed `track` rerun set it aside
     gt = read_ground_truth(args.gt)
     pred = read_prediction(args.pred, len(gt.names))
     result = points_pck(gt, pred, args.alpha, args.masks)

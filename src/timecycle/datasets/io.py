@@ -345,18 +345,22 @@ def _live_writer(record: dict, folder: Path) -> bool:
                     "it to finish, or choose another --out", folder)
 
 
-def recover_interrupted(path: str | Path) -> None:
+def recover_interrupted(path: str | Path, deep: bool = True) -> None:
     """Put back what runs killed outright had set aside in `path` (their journals, at any
-    depth), and remove their unfinished `.partial-*` items: the folder returns to what it held
-    before those runs, as a failed run leaves it. Every command that writes into a folder
-    (`output_folder`) or reads results from one calls it first.
+    depth; with `deep` False, only `path`'s own), and remove their unfinished `.partial-*`
+    items: the folder returns to what it held before those runs, as a failed run leaves it.
+    Every command that writes into a folder (`output_folder`) calls it first; those that read
+    results call it on the results folder alone (its journal is there: the folder was the
+    writer's --out), so the folders beside and below are not theirs to touch.
 
     A UserError if another live process writes the folder now.
     """
     path = Path(path)
     if not path.is_dir():
         return
-    for dirpath, _, filenames in os.walk(path):
+    for dirpath, dirnames, filenames in os.walk(path):
+        if not deep:
+            dirnames.clear()
         if JOURNAL not in filenames:
             continue
         file = Path(dirpath).absolute() / JOURNAL
