@@ -474,3 +474,36 @@ def test_jhmdb_frames_fewer_than_the_annotated_ones(tmp_path, capsys):
                         "--encoder", "pixel", "--device", "cpu", "--quiet")
     assert_one_line_error(code, err, "catch/a", "3 frames", "annotates 5")
     assert not (out / "catch").exists() and not (out / "propagation.json").exists()
+
+
+# ------------------------------------------------------------------ results among the inputs
+
+
+def test_vip_results_inside_its_inputs_are_refused(tmp_path, capsys):
+    from timecycle.datasets.vip import write_vip_root
+
+    root = tmp_path / "vip"
+    write_vip_root(root, 1, seed=0, n_frames=4, height=32, width=48, every=3)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for inside in ("Annotations/Category_ids", "Images"):
+        code, _, err = _run(capsys, "propagate", "vip", "--root", root, "--out", root / inside,
+                            "--encoder", "pixel", "--device", "cpu", "--quiet", "--evaluate")
+        assert_one_line_error(code, err, "input folder")
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_track_results_into_the_frame_folder_are_refused(tmp_path, capsys):
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(frames / f"{i:05d}.png")
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:20, 8:20] = 1
+    Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
+    code, _, err = _run(capsys, "track", frames, "--mask", tmp_path / "m.png", "--encoder", "pixel",
+                        "--out", frames, "--quiet")
+    assert_one_line_error(code, err, "frame folder")
+    assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00001.png", "00002.png"]

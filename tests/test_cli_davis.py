@@ -223,6 +223,22 @@ def test_truncated_frame_names_the_file(synthetic_davis, tmp_path, capsys):
     assert not (out / "propagation.json").exists()
 
 
+@pytest.mark.parametrize("inside", ["Annotations/480p", "JPEGImages/480p/new", "Annotations"])
+def test_results_inside_the_datasets_inputs_are_refused(inside, synthetic_davis, tmp_path, capsys):
+    # Before: --out ROOT/Annotations/480p replaced the ground truth with the predictions and
+    # scored them against themselves, J&F 1.0 with exit 0.
+    root = _copy_root(synthetic_davis, tmp_path / "root")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    code, _, err = _propagate(capsys, root, root / inside, "--encoder", "pixel", "--evaluate")
+    assert_one_line_error(code, err, str(root / inside), "input folder")
+    code, _, err = _run(capsys, "evaluate", "davis", "--root", str(root), "--results",
+                        str(root / inside))
+    assert_one_line_error(code, err, "input folder")
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    code, _, err = _propagate(capsys, root, root / "results", "--encoder", "identity")
+    assert code == 0, err  # beside the inputs is fine
+
+
 def test_rgb_mask_is_refused(synthetic_davis, tmp_path, capsys):
     root = _copy_root(synthetic_davis, tmp_path / "root")
     m = root / "Annotations/480p/synth00/00000.png"

@@ -335,6 +335,15 @@ def test_cli_errors(tmp_path, capsys):
     assert not (tmp_path / "o" / "catch" / "a.npy").exists() and not (tmp_path / "o" / "propagation.json").exists()
 
 
+def test_results_inside_the_inputs_are_refused(tmp_path, capsys):
+    root = _fake_root(tmp_path, ["catch/a"])
+    for inside in ("joint_positions", "Rename_Images/catch"):
+        assert_one_line_error(*_run(capsys, "propagate", "jhmdb", "--root", str(root), "--out",
+                                    str(root / inside), "--device", "cpu", "--quiet",
+                                    "--encoder", "identity")[::2], "input folder")
+    assert not (root / "Rename_Images" / "catch" / "catch").exists()
+
+
 def test_new_propagation_removes_an_old_evaluation(tmp_path, capsys):
     root = _fake_root(tmp_path, ["catch/a"], n_frames=4)
     out = tmp_path / "o"

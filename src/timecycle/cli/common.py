@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from timecycle.datasets.davis import DavisRoot
@@ -109,6 +110,20 @@ def take_recorded(args: argparse.Namespace, benchmark: str) -> None:
 
 def davis_root(args: argparse.Namespace) -> DavisRoot:
     return DavisRoot(args.root, year=args.year, annotations=args.annotations)
+
+
+def check_out_apart(out: str | Path, inputs: Iterable[Path]) -> None:
+    """A UserError if `out` (results to write) is one of the `inputs` folders (a dataset
+    root's `inputs`) or lies inside one: the predictions would replace
+    the frames or the ground truth they are read from, and then be scored against themselves
+    (J&F 1.0 over destroyed data)."""
+    where = Path(out).resolve()
+    for folder in inputs:
+        folder = folder.resolve()
+        if where == folder or where.is_relative_to(folder):
+            raise UserError(f"lies inside the dataset's input folder {folder}: results written "
+                            "there would replace its frames or ground truth; choose a folder "
+                            "outside it", out)
 
 
 def recorded_annotations(root: DavisRoot) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from timecycle.cli.common import add_davis_args, davis_root, take_recorded
+from timecycle.cli.common import add_davis_args, check_out_apart, davis_root, take_recorded
 
 
 def register(sub) -> None:
@@ -47,6 +47,7 @@ def run_davis(args: argparse.Namespace) -> int:
     if args.year is None:
         args.year = 2017
     root = davis_root(args)
+    check_out_apart(args.results, root.inputs)
     names = root.sequence_names(args.sequences)
     from timecycle.datasets.io import output_folder
 

@@ -9,6 +9,7 @@ from timecycle.cli.common import (
     add_propagate_args,
     add_root_args,
     check_at_least,
+    check_out_apart,
     check_tile,
     print_propagated,
     start_propagation,
@@ -72,6 +73,7 @@ def run_propagate(args: argparse.Namespace) -> int:
         protocol = get_benchmark_protocol("jhmdb", args.protocol)
         readout = KEYPOINT_READOUTS[args.protocol]
         root = JhmdbRoot(args.root)
+        check_out_apart(args.out, root.inputs)
         names = root.video_names(args.videos)
         frame_encoder, provenance = start_propagation(
             args, "jhmdb", protocol, {"jhmdb_root": str(root.root.resolve())})
@@ -89,6 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     take_recorded(args, "jhmdb")
     root = JhmdbRoot(args.root)
+    check_out_apart(args.results, root.inputs)
     names = root.video_names(args.videos)
     with output_folder(args.results):  # a failed scoring removes the score files it wrote
         evaluate_and_print(root, args.results, names)

@@ -8,6 +8,7 @@ from timecycle.cli.common import (
     add_davis_args,
     add_propagate_args,
     check_at_least,
+    check_out_apart,
     check_tile,
     davis_root,
     print_propagated,
@@ -39,6 +40,7 @@ def run_davis(args: argparse.Namespace) -> int:
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol = get_protocol(args.protocol)
         root = davis_root(args)
+        check_out_apart(args.out, root.inputs)
         names = root.sequence_names(args.sequences)
         # Absolute: `timecycle report` reads the frames from here, from any folder.
         frame_encoder, provenance = start_propagation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from timecycle.cli.common import add_encoder_args, add_precision_arg, check_at_least, check_tile
 from timecycle.datasets.io import output_folder
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("track needs features: choose --encoder pixel, resnet18 or resnet50")
     check_at_least(args, 1, "--batch-size")
     check_tile(args)
+    if Path(args.out).resolve() == Path(args.video).resolve():
+        # its images (flow.png, ...) would be read as frames by the next run
+        raise UserError("is the video's frame folder: the results would be written among its "
+                        "frames; choose another --out", args.out)
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol, readout = track_protocol(args.protocol)
         notes = default_weights(args)

@@ -8,6 +8,7 @@ from timecycle.cli.common import (
     add_propagate_args,
     add_root_args,
     check_at_least,
+    check_out_apart,
     check_tile,
     print_propagated,
     start_propagation,
@@ -60,6 +61,7 @@ def run_propagate(args: argparse.Namespace) -> int:
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol = get_benchmark_protocol("vip", args.protocol)
         root = VipRoot(args.root)
+        check_out_apart(args.out, root.inputs)
         names = root.video_names(args.videos)
         frame_encoder, provenance = start_propagation(
             args, "vip", protocol, {"vip_root": str(root.root.resolve())})
@@ -77,6 +79,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     take_recorded(args, "vip")
     root = VipRoot(args.root)
+    check_out_apart(args.results, root.inputs)
     names = root.video_names(args.videos)
     with output_folder(args.results):  # a failed scoring removes the score files it wrote
         evaluate_and_print(root, args.results, names)

@@ -115,6 +115,13 @@ class DavisRoot:
             # Checked here: otherwise the first message names <annotations>/<seq>/00000.png.
             raise UserError("annotation folder not found (--annotations)", self.annotations)
 
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """The folders this root's frames and ground truth are read from (no output may go
+        there: see cli/common.check_out_apart)."""
+        return (self.root / "JPEGImages", self.root / "Annotations", self.images,
+                self.annotations)
+
     def sequence_names(self, spec: str | Path | None = None) -> list[str]:
         """Names from a list file, a comma-separated string, or ImageSets/<year>/val.txt.
 

@@ -118,6 +118,11 @@ class JhmdbRoot:
         if not self.images.is_dir():
             raise UserError("no Rename_Images folder: not a JHMDB root", self.images)
 
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """The folders the frames and joints are read from (never an output)."""
+        return (self.images, self.joint_positions)
+
     def joints_file(self, name: str) -> Path:
         return self.joint_positions / name / JOINTS_FILE
 

@@ -88,6 +88,11 @@ class VipRoot:
         if not self.images.is_dir():
             raise UserError("no Images folder: not a VIP root", self.images)
 
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        """The folders the frames and annotations are read from (never an output)."""
+        return (self.images, self.root / "Annotations")
+
     def video_names(self, spec: str | Path | None = None) -> list[str]:
         """Names from a list file, comma-separated names, or `lists/val_videos.txt`.
 
