@@ -70,16 +70,21 @@ def run_points(args: argparse.Namespace) -> int:
     recover_interrupted(Path(args.pred).parent, deep=False)  # a killed `track` rerun set it aside
     gt = read_ground_truth(args.gt)
     pred = read_prediction(args.pred, len(gt.names))
-    result = points_pck(gt, pred, args.alpha, args.masks)
+    result = points_pck(gt, pred, args.alpha, args.masks, pred_path=args.pred)
     out = args.out or Path(args.pred).parent
     with output_folder(out):
         sources = {"gt": str(Path(args.gt).resolve()), "pred": str(Path(args.pred).resolve()),
                    "masks": str(Path(args.masks).resolve()) if args.masks else None}
         paths = write_points_pck(out, result, sources)
     width = max(len(n) for n in result.per_point)
+    unseen = "never visible after frame 0" + (" in a frame scored" if result.left_out else "")
     for name, v in result.per_point.items():
-        print(f"  {name:<{width}}  PCK@{args.alpha:g} {v:.4f} ({result.counts[name]} frames)")
-    print(f"PCK@{args.alpha:g} {result.mean:.4f} (mean of {len(result.per_point)} points, "
-          f"{result.frames} frames, threshold from the {result.normaliser})")
+        n = result.counts[name]
+        score = f"PCK@{args.alpha:g} {v:.4f} ({n} frames)" if n else f"not scored ({unseen})"
+        print(f"  {name:<{width}}  {score}")
+    scored = sum(1 for c in result.counts.values() if c)
+    left_out = f", {len(result.left_out)} left out" if result.left_out else ""
+    print(f"PCK@{args.alpha:g} {result.mean:.4f} (mean of {scored} point{'s' * (scored != 1)}, "
+          f"{result.frames} frames{left_out}, threshold from the {result.normaliser})")
     print(f"results written to {paths[0]}")
     return 0

@@ -6,15 +6,27 @@ the top-left pixel):
     {"names": ["nose", ...],
      "frames": [{"frame": t, "xy": [[x, y], ...], "visible": [true, ...]}, ...]}
 
-A prediction is `tracks.npy`: (T, K, 2) with K = len(names), in the same order, NaN where a
-point is not predicted. In every listed frame after the first (frame 0 is the given input), each
-visible point is correct when its predicted position is within alpha x s of the truth, where s
-is sqrt(area) of the object's ground-truth mask in that frame (`masks`: a folder of %05d.png
-id maps, object = every non-zero pixel; as animal-keypoint benchmarks normalise) or, without
-masks, sqrt(area) of the tight box around that frame's visible true points. A missing
-prediction (NaN, or a frame past the end of the prediction) counts as wrong; invisible points
-are not scored. Per point: the share of its scored frames that are correct; the mean is over
-the points that were scored at least once.
+A visible point needs a finite position; an invisible one may have none (null). A prediction is
+`tracks.npy`: (T, K, 2) with K = len(names), in the same order, NaN where a point is not
+predicted; T covers every listed frame (a shorter prediction is an error, not a run of misses;
+a longer one is fine, since the ground truth may annotate only some frames). In every listed
+frame after the first (frame 0 is the given input), each visible point is correct when its
+predicted position is within alpha x s of the truth, where s is sqrt(area) of the object's
+ground-truth mask in that frame (`masks`: a folder of %05d.png id maps of one size, object =
+every non-zero pixel; as animal-keypoint benchmarks such as BADJA normalise) or, without masks,
+sqrt(area) of the tight box around that frame's visible true points (this package's analogue of
+the mask's sqrt(area); not JHMDB's 0.6 x box diagonal, and TAP-Vid uses fixed pixel thresholds
+with no normaliser). A NaN prediction counts as wrong; invisible points are not scored. Per
+point: the share of its scored frames that are correct; the mean is over the points that were
+scored at least once.
+
+A frame whose s is 0 (a single visible point, visible points in one row or column, an empty
+mask) is left out of the score, with a warning that counts and names those frames, and the
+result records them (`left_out`). Its threshold would be 0, so it would measure only whether a
+prediction is exact to the last bit: in practice a miss charged to the tracker for what the
+annotation lacks. Leaving it out rather than refusing the file keeps valid annotations (one
+point visible while the others are occluded) scoreable. When no frame is left to score, or no
+point is predicted (all NaN) in any scored frame, there is nothing to score: a UserError.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +54,7 @@ class PointsGroundTruth:
     frames: list[int]
     xy: np.ndarray  # (F, K, 2) float64
     visible: np.ndarray  # (F, K) bool
+    path: Path | None = None  # the JSON it was read from, named in errors
 
 
 @dataclass
@@ -49,8 +63,9 @@ class PointsPck:
     normaliser: str  # "mask" or "box"
     per_point: dict[str, float]  # NaN: never scored
     counts: dict[str, int]  # scored frames per point
-    mean: float
+    mean: float  # over the points scored at least once
     frames: int  # frames scored
+    left_out: list[int]  # frames whose normaliser has zero size (module docstring)
 
 
 def read_ground_truth(path: str | Path) -> PointsGroundTruth:
@@ -69,9 +84,15 @@ def read_ground_truth(path: str | Path) -> PointsGroundTruth:
                 raise UserError(f"frame entry {i}: expected {len(names)} points (xy [[x, y], ...] "
                                 f"and visible), found xy {list(pts.shape)}, visible "
                                 f"{list(vis.shape)}", path)
+            lost = vis & ~np.isfinite(pts).all(axis=1)
+            if lost.any():
+                j = int(np.argmax(lost))
+                raise UserError(f"frame entry {i} (frame {f['frame']}): point {names[j]!r} is "
+                                f"visible but its xy is {json.dumps(f['xy'][j])}, not a "
+                                'position; give its position, or mark it "visible": false', path)
             frames.append(int(f["frame"]))
             xy.append(pts)
-            visible.append(vis & np.isfinite(pts).all(axis=1))
+            visible.append(vis)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"not a points ground-truth JSON ({type(err).__name__}: {err}); expected "
                         '{"names": [...], "frames": [{"frame": t, "xy": [[x, y], ...], '
@@ -84,7 +105,17 @@ def read_ground_truth(path: str | Path) -> PointsGroundTruth:
         raise UserError("no visible point after frame 0 (the given input): nothing to score",
                         path)
     return PointsGroundTruth(names, frames, np.stack(xy) if xy else np.zeros((0, len(names), 2)),
-                             np.stack(visible) if visible else np.zeros((0, len(names)), bool))
+                             np.stack(visible) if visible else np.zeros((0, len(names)), bool),
+                             path)
+
+
+def check_frame_count(gt: PointsGroundTruth, n_frames: int, path: str | Path | None = None) -> None:
+    """A UserError (naming the prediction `path` and the ground truth) unless a prediction of
+    `n_frames` frames covers every frame the ground truth lists."""
+    last = max(gt.frames, default=0)
+    if n_frames <= last:
+        raise UserError(f"prediction has {n_frames} frames, the ground truth "
+                        f"({gt.path or 'given'}) {last + 1}: it lists frames up to {last}", path)
 
 
 def read_prediction(path: str | Path, n_points: int) -> np.ndarray:
@@ -107,9 +138,22 @@ def read_prediction(path: str | Path, n_points: int) -> np.ndarray:
     return pred.astype(np.float64)
 
 
-def _mask_scale(masks: Path, frame: int) -> float:
-    path = masks / f"{frame:05d}.png"
-    return math.sqrt(float((read_mask(path) > 0).sum()))
+def _mask_scales(masks: Path, frames: list[int]) -> dict[int, float]:
+    """{frame: sqrt(object area)} from masks/%05d.png; masks of different sizes are a
+    UserError naming the odd one (against the most common size)."""
+    areas, sizes = {}, {}
+    for t in frames:
+        ids = read_mask(masks / f"{t:05d}.png")
+        areas[t], sizes[t] = float((ids > 0).sum()), ids.shape
+    shapes = list(sizes.values())
+    common = max(shapes, key=shapes.count, default=None)
+    for t, shape in sizes.items():
+        if shape != common:
+            other = next(u for u, s in sizes.items() if s == common)
+            raise UserError(f"mask is {shape[1]}x{shape[0]} (WxH), the other masks "
+                            f"{common[1]}x{common[0]} (e.g. {other:05d}.png)",
+                            masks / f"{t:05d}.png")
+    return {t: math.sqrt(a) for t, a in areas.items()}
 
 
 def _box_scale(xy: np.ndarray) -> float:
@@ -120,32 +164,56 @@ def _box_scale(xy: np.ndarray) -> float:
 
 
 def points_pck(gt: PointsGroundTruth, pred: np.ndarray, alpha: float = 0.1,
-               masks: str | Path | None = None) -> PointsPck:
-    """PCK@alpha per point and their mean (module docstring)."""
+               masks: str | Path | None = None, pred_path: str | Path | None = None) -> PointsPck:
+    """PCK@alpha per point and their mean (module docstring); `pred_path` names the
+    prediction (T, K, 2) in errors."""
     if not (math.isfinite(alpha) and alpha > 0):  # inf would count every point correct
         raise UserError(f"--alpha must be a finite number > 0, got {alpha}")
     masks_dir = Path(masks) if masks is not None else None
     if masks_dir is not None and not masks_dir.is_dir():
         raise UserError("masks folder not found", masks_dir)
+    check_frame_count(gt, len(pred), pred_path)
     k = len(gt.names)
+    listed = [(t, xy, vis) for t, xy, vis in zip(gt.frames, gt.xy, gt.visible)
+              if t > 0 and vis.any()]
+    if masks_dir is not None:
+        scales = _mask_scales(masks_dir, [t for t, _, _ in listed])
+        why = "the ground-truth mask is empty"
+    else:
+        scales = {t: _box_scale(xy[vis]) for t, xy, vis in listed}
+        why = ("the box of the visible points has no area (a single visible point, or points in "
+               "one row or column)")
+    left_out = [t for t, _, _ in listed if scales[t] == 0]
+    where = masks_dir if masks_dir is not None else gt.path
+    if len(left_out) == len(listed):
+        raise UserError(f"no frame can be scored: in each of the {len(listed)} frames after "
+                        f"frame 0 with a visible point, {why}, so the threshold would be 0", where)
+    if left_out:
+        shown = ", ".join(f"{t:05d}.png" if masks_dir is not None else str(t)
+                          for t in left_out[:5]) + (", ..." if len(left_out) > 5 else "")
+        shown = shown if masks_dir is not None else f"frame{'s' * (len(left_out) > 1)} {shown}"
+        named = f"{where}: " if where is not None else ""
+        warnings.warn(f"{named}{len(left_out)} of {len(listed)} frames left out of the score "
+                      f"({shown}), where {why}, so the threshold would be 0", stacklevel=2)
     right, total = np.zeros(k), np.zeros(k)
-    frames = 0
-    for t, xy, vis in zip(gt.frames, gt.xy, gt.visible):
-        if t == 0 or not vis.any():
+    predicted = False
+    for t, xy, vis in listed:
+        if scales[t] == 0:
             continue
-        scale = _mask_scale(masks_dir, t) if masks_dir is not None else _box_scale(xy[vis])
-        guess = pred[t] if t < len(pred) else np.full((k, 2), np.nan)
-        dist = np.linalg.norm(guess - xy, axis=1)
-        ok = np.isfinite(dist) & (dist <= alpha * scale)
+        dist = np.linalg.norm(pred[t] - xy, axis=1)
+        ok = np.isfinite(dist) & (dist <= alpha * scales[t])
         right += ok & vis
         total += vis
-        frames += 1
+        predicted |= bool(np.isfinite(pred[t][vis]).all(axis=1).any())
+    frames = len(listed) - len(left_out)
+    if not predicted:  # all NaN: a failed or empty prediction, not a PCK of 0
+        raise UserError(f"no point is predicted (all NaN) in any of the {frames} frames scored: "
+                        "nothing to score", pred_path)
     per_point = {n: (r / c if c else math.nan) for n, r, c in zip(gt.names, right, total)}
     scored = [v for v in per_point.values() if not math.isnan(v)]
-    mean = float(np.mean(scored)) if scored else math.nan
     counts = {n: int(c) for n, c in zip(gt.names, total)}
-    return PointsPck(alpha, "mask" if masks_dir is not None else "box", per_point, counts, mean,
-                     frames)
+    return PointsPck(alpha, "mask" if masks_dir is not None else "box", per_point, counts,
+                     float(np.mean(scored)), frames, left_out)
 
 
 def write_points_pck(out_dir: str | Path, result: PointsPck, sources: dict) -> list[Path]:
@@ -160,10 +228,12 @@ def write_points_pck(out_dir: str | Path, result: PointsPck, sources: dict) -> l
               "mean": json_number(result.mean),
               "per_point": {n: json_number(v) for n, v in result.per_point.items()},
               "frames_per_point": result.counts, "frames_scored": result.frames,
+              "frames_left_out": result.left_out,
               "definition": "frames after the first; visible points; correct within alpha x "
                             "sqrt(area) of the object's mask (normaliser mask) or of the box "
-                            "around the frame's visible true points (box); a missing prediction "
-                            "is wrong; mean over points",
+                            "around the frame's visible true points (box); frames where that "
+                            "is 0 are left out (frames_left_out); a NaN prediction is wrong; "
+                            "mean over the points scored",
               **sources}
     paths = [out_dir / f for f in RESULT_FILES]
     write_text_atomic(paths[0], text.getvalue())
@@ -171,5 +241,5 @@ def write_points_pck(out_dir: str | Path, result: PointsPck, sources: dict) -> l
     return paths
 
 
-__all__ = ["PointsGroundTruth", "PointsPck", "points_pck", "read_ground_truth", "read_prediction",
-           "write_points_pck"]
+__all__ = ["PointsGroundTruth", "PointsPck", "check_frame_count", "points_pck",
+           "read_ground_truth", "read_prediction", "write_points_pck"]
