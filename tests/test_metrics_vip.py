@@ -90,9 +90,10 @@ def test_evaluate_scores_annotated_frames_only(tmp_path):
 
 def test_prediction_with_a_class_id_above_19_names_the_file(tmp_path):
     gt = np.zeros((2, 3), np.uint8)
-    _write_video(tmp_path / "vip", "v", 1, {0: gt})
-    write_mask(tmp_path / "res" / "v" / "000000000000.png", np.full((2, 3), 20, np.uint8))
-    with pytest.raises(UserError, match="000000000000.png.*class id 20"):
+    _write_video(tmp_path / "vip", "v", 2, {0: gt, 1: gt})
+    write_mask(tmp_path / "res" / "v" / "000000000000.png", gt)
+    write_mask(tmp_path / "res" / "v" / "000000000001.png", np.full((2, 3), 20, np.uint8))
+    with pytest.raises(UserError, match="000000000001.png.*class id 20"):
         evaluate_vip(VipRoot(tmp_path / "vip"), tmp_path / "res", ["v"])
 
 
@@ -102,3 +103,37 @@ def test_prediction_missing_for_an_annotated_frame(tmp_path):
     write_mask(tmp_path / "res" / "v" / "000000000000.png", gt)
     with pytest.raises(UserError, match="000000000005.png"):
         evaluate_vip(VipRoot(tmp_path / "vip"), tmp_path / "res", ["v"])
+
+
+def test_nothing_annotated_after_frame_0_is_an_error(tmp_path):
+    # Frame 0's prediction is the given annotation: alone it scores mIoU 1 and measures nothing.
+    gt = np.array([[0, 0, 5], [5, 5, 0]], np.uint8)
+    _write_video(tmp_path / "vip", "v", 4, {0: gt})
+    _write_video(tmp_path / "vip", "w", 4, {0: gt})
+    for name in ("v", "w"):
+        for t in range(4):
+            write_mask(tmp_path / "res" / name / f"{t:012d}.png", gt)
+    root = VipRoot(tmp_path / "vip")
+    with pytest.raises(UserError, match=r"Category_ids/v: nothing to score: no annotated frame after frame 0"):
+        evaluate_vip(root, tmp_path / "res", ["v"])
+    with pytest.raises(UserError, match=r"Category_ids: nothing to score: no annotated frame after frame 0 in any of the 2 videos"):
+        evaluate_vip(root, tmp_path / "res", ["v", "w"])
+    assert not (tmp_path / "res" / "miou.csv").exists()
+
+
+def test_a_video_annotated_on_frame_0_only_is_named_and_scored_as_the_reference_does(tmp_path):
+    gt = np.array([[0, 0, 5], [5, 5, 0]], np.uint8)
+    _write_video(tmp_path / "vip", "v", 4, {0: gt})
+    _write_video(tmp_path / "vip", "w", 4, {0: gt, 3: gt})
+    for name in ("v", "w"):
+        for t in range(4):
+            write_mask(tmp_path / "res" / name / f"{t:012d}.png", np.zeros_like(gt) if t else gt)
+    with pytest.warns(UserWarning, match=r"1 of 2 videos .*no annotated frame after frame 0.*: v$"):
+        result = evaluate_vip(VipRoot(tmp_path / "vip"), tmp_path / "res", ["v", "w"])
+    # Every annotated frame is scored, frame 0 included (CRW test.py writes frame 0's given
+    # label as its prediction and eval_vip.py scores every PNG it finds): v's frame 0 and w's 0, 3.
+    assert result.frames == 3
+    # class 0: gt 3 x 3 px, right 3 + 3 + 3, predicted 3 + 3 + 6 -> 9/12; class 5: 6/9.
+    np.testing.assert_allclose(result.iou[[0, 5]], [9 / 12, 6 / 9])
+    record = json.loads((tmp_path / "res" / "miou.json").read_text())
+    assert record["no_annotated_frame_after_frame_0"] == ["v"]

@@ -170,3 +170,58 @@ def test_void_in_the_first_annotation_is_background(vip_root, tmp_path):
     assert (first[:4, :4] == 0).all() and first.max() < N_CLASSES
     with pytest.raises(UserError, match="no such file"):
         VipRoot(root).video("videos000").read_annotation(path.with_name("x.png"))
+
+
+@pytest.mark.parametrize("fill", [0, 255], ids=["background", "void"])
+def test_an_empty_first_annotation_is_refused_before_any_work(vip_root, tmp_path, capsys, fill):
+    # Frame 0 all background or all void: no part to propagate, and the score would only
+    # measure how much background the propagation keeps.
+    root = tmp_path / "root"
+    shutil.copytree(vip_root, root)
+    first = root / "Annotations" / "Category_ids" / "videos001" / "000000000000.png"
+    write_mask(first, np.full((64, 96), fill, np.uint8))
+    out = tmp_path / "o"
+    assert_one_line_error(*_propagate(capsys, root, out, "--encoder", "identity", "--evaluate")[::2],
+                          "first-frame mask is empty", "videos001", "000000000000.png")
+    assert not out.exists()  # videos000 is not propagated first: nothing is left behind
+    with pytest.raises(UserError, match="first-frame mask is empty"):
+        VipRoot(root).video("videos001").first_label()
+
+
+def _only_frame_0_annotated(root: Path, name: str) -> None:
+    for p in sorted((root / "Annotations" / "Category_ids" / name).glob("*.png"))[1:]:
+        p.unlink()
+
+
+def test_nothing_after_frame_0_to_score_is_an_error(vip_root, tmp_path, capsys):
+    # Frame 0's prediction is its annotation: scored alone it gives mIoU 1 whatever the method.
+    root = tmp_path / "root"
+    shutil.copytree(vip_root, root)
+    for name in ("videos000", "videos001"):
+        _only_frame_0_annotated(root, name)
+    out = tmp_path / "o"
+    assert_one_line_error(*_propagate(capsys, root, out, "--encoder", "identity", "--evaluate",
+                                      "--videos", "videos001")[::2],
+                          "nothing to score: no annotated frame after frame 0", "videos001")
+    assert not out.exists()  # found before propagating
+    assert _propagate(capsys, root, out, "--encoder", "identity")[0] == 0
+    assert_one_line_error(*_run(capsys, "evaluate", "vip", "--root", str(root), "--results", str(out))[::2],
+                          "nothing to score: no annotated frame after frame 0", "2 videos")
+    assert not (out / "miou.csv").exists() and not (out / "miou.json").exists()
+
+
+def test_a_video_with_nothing_after_frame_0_is_named_in_a_warning(vip_root, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(vip_root, root)
+    out = tmp_path / "o"
+    assert _propagate(capsys, root, out, "--encoder", "identity", "--evaluate")[0] == 0
+    both = json.loads((out / "miou.json").read_text())
+    _only_frame_0_annotated(root, "videos000")
+    code, stdout, err = _run(capsys, "evaluate", "vip", "--root", str(root), "--results", str(out))
+    assert code == 0, err
+    warned = [ln for ln in err.splitlines() if "after frame 0" in ln]
+    assert len(warned) == 1 and "videos000" in warned[0] and "videos001" not in warned[0], err
+    record = json.loads((out / "miou.json").read_text())
+    # Scored as the reference scores it: videos000's frame 0 still counts (2 + 3 frames).
+    assert record["frames_scored"] == both["frames_scored"] - 2 == 4
+    assert record["no_annotated_frame_after_frame_0"] == ["videos000"]

@@ -63,6 +63,10 @@ def run_propagate(args: argparse.Namespace) -> int:
         root = VipRoot(args.root)
         check_out_apart(args.out, root.inputs)
         names = root.video_names(args.videos)
+        if args.evaluate:  # nothing to score is found before the work, not after it
+            from timecycle.metrics.vip import frame_0_only
+
+            frame_0_only(root, names)
         frame_encoder, provenance = start_propagation(
             args, "vip", protocol, {"vip_root": str(root.root.resolve())})
         stats = propagate_vip(root, names, args.out, frame_encoder, protocol, provenance,

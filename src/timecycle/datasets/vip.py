@@ -52,7 +52,9 @@ class VipVideo:
     def first_label(self) -> np.ndarray:
         """Frame 0's (H, W) uint8 class ids, void (255) set to background.
 
-        The first frame must be annotated and of the frame's size; ids 20..254 are an error.
+        The first frame must be annotated, hold at least one part (an annotation of background
+        and void only leaves nothing to propagate) and be of the frame's size; ids 20..254 are
+        an error.
         """
         path = self.annotation_path(self.frames[0])
         if not path.is_file():
@@ -64,6 +66,9 @@ class VipVideo:
             raise UserError(
                 f"class ids {', '.join(map(str, bad.tolist()))} are outside 0..{N_CLASSES - 1}", path
             )
+        if not ids.any():  # as DAVIS words it (datasets/davis.py)
+            raise UserError("the first-frame mask is empty (background and void only): there is "
+                            "no part to propagate", path)
         from timecycle.datasets.davis import frame_size
 
         frame_hw = frame_size(self.frames[0])

@@ -9,14 +9,21 @@ diag); mIoU = nan-mean over the 20 classes, *background (class 0) included*; a c
 both ground truth and prediction (0 / 0) drops out of the mean. Pixel accuracy = diag / total.
 
 Frames: the annotated ones (VIP annotates every 25th frame), frame 0 included, as the public
-pipeline scores every annotated frame it finds a prediction for. A prediction of another size
-than its annotation is resized to it with nearest sampling (ATEN's and UVC's PIL resize of a
-palettised image, which PIL always does with NEAREST; CRW's resize is NEAREST for any PNG).
+pipelines do: CRW's code/test.py saves frame 0's given label as its prediction (`pred =
+lbls[0]` for t = 0) and UVC's test_mask_vip.py copies frame 0's annotation into the output
+("include first frame in testing"); both eval_vip.py then score every PNG they find. Frame 0
+thus scores perfectly whatever the method, so a set of videos with no annotated frame after
+frame 0 has nothing to score: that is an error here (the public scripts print mIoU 1.0), and the
+videos of a larger set that have none are named in a warning (their frame 0 still counts, as
+there). A prediction of another size than its annotation is resized to it with nearest sampling
+(ATEN's and UVC's PIL resize of a palettised image, which PIL always does with NEAREST; CRW's
+resize is NEAREST for any PNG).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +78,7 @@ class VipResult:
     hist: np.ndarray  # (20, 20) summed over every evaluated frame
     per_video: dict[str, dict[str, float]] = field(default_factory=dict)
     frames: int = 0
+    frame_0_only: list[str] = field(default_factory=list)  # videos annotated on frame 0 alone
 
     @property
     def iou(self) -> np.ndarray:
@@ -93,6 +101,7 @@ def write_miou_results(out_dir: str | Path, result: VipResult, provenance: Mappi
         "class_iou": {c: json_number(v) for c, v in zip(CLASSES, iou)},
         "per_video": {n: {k: json_number(v) for k, v in s.items()} for n, s in result.per_video.items()},
         "frames_scored": result.frames,
+        "no_annotated_frame_after_frame_0": list(result.frame_0_only),
         "confusion_matrix": result.hist.tolist(),
         "definition": "VIP/ATEN test_parsing.py: one confusion matrix over the annotated frames, "
                       "nan-mean of 20 class IoUs, background (0) included",
@@ -115,6 +124,25 @@ def read_prediction(path: Path, gt_hw: tuple[int, int]) -> np.ndarray:
     return pred
 
 
+def frame_0_only(root: VipRoot, names: list[str]) -> list[str]:
+    """The videos in `names` with no annotated frame after frame 0 (a video with no annotation
+    at all counts among them); a UserError when that is all of them: nothing to score.
+
+    Only file names are looked at, so `propagate vip --evaluate` checks this before any work.
+    """
+    videos = [root.video(n) for n in names]
+    alone = [v.name for v in videos if not any(i > 0 for i, _ in v.annotated())]
+    if alone and len(alone) == len(names):
+        # Frame 0's prediction is its given annotation: scored alone it is a perfect mIoU.
+        if len(names) == 1:
+            raise UserError("nothing to score: no annotated frame after frame 0 (frame 0's "
+                            "prediction is this annotation)", videos[0].annotation_dir)
+        raise UserError(f"nothing to score: no annotated frame after frame 0 in any of the "
+                        f"{len(names)} videos (frame 0's prediction is its annotation)",
+                        root.annotations)
+    return alone
+
+
 def evaluate_vip(root: VipRoot, results_dir: str | Path, names: list[str]) -> VipResult:
     """Score `<results>/<video>/<frame>.png` on every annotated frame; write the result files."""
     results = results_folder(results_dir, names, "videos")
@@ -122,10 +150,18 @@ def evaluate_vip(root: VipRoot, results_dir: str | Path, names: list[str]) -> Vi
     result = VipResult(total)
     for name in names:
         video = root.video(name)
+        if not video.annotated():
+            raise UserError("no annotated frame for this video", video.annotation_dir)
+    result.frame_0_only = frame_0_only(root, names)
+    if result.frame_0_only:
+        warnings.warn(f"{len(result.frame_0_only)} of {len(names)} videos have no annotated frame "
+                      f"after frame 0, so they add only frame 0, their given annotation (scored "
+                      f"as the public scripts score it): {', '.join(result.frame_0_only)}",
+                      stacklevel=2)
+    for name in names:
+        video = root.video(name)
         hist = np.zeros_like(total)
         annotated = video.annotated()
-        if not annotated:
-            raise UserError("no annotated frame for this video", video.annotation_dir)
         for _, gt_path in annotated:
             gt = video.read_annotation(gt_path)
             pred = read_prediction(results / name / gt_path.name, gt.shape)
@@ -146,6 +182,7 @@ __all__ = [
     "class_iou",
     "confusion_matrix",
     "evaluate_vip",
+    "frame_0_only",
     "summarise",
     "write_miou_results",
 ]
