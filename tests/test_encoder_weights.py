@@ -288,6 +288,11 @@ def test_a_run_checkpoint_is_content_checked_and_weights_must_be_finite(tmp_path
     torch.save(state, tmp_path / "nan.pt")
     with pytest.raises(UserError, match=r"nan\.pt: weight 'layer2\.0\.bn1\.running_var' holds NaN"):
         load_weights(_encoder(), tmp_path / "nan.pt")
+    state["layer2.0.bn1.running_var"][3] = -1.0  # finite, but sqrt(-1): NaN features, empty masks
+    torch.save(state, tmp_path / "negative.pt")
+    with pytest.raises(UserError, match=r"negative\.pt: weight 'layer2\.0\.bn1\.running_var' "
+                                        "holds negative variances"):
+        load_weights(_encoder(), tmp_path / "negative.pt")
 
 
 def test_data_parallel_prefix_is_dropped(tmp_path):

@@ -173,6 +173,11 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"weight {source.get(key, key)!r} holds NaN or infinite values "
                             "(a diverged or corrupt checkpoint)", path)
+        if key.endswith("running_var") and bool((tensor < 0).any()):
+            # BatchNorm would take the square root of a negative variance: NaN features, and
+            # every propagated mask empty with exit 0
+            raise UserError(f"weight {source.get(key, key)!r} holds negative variances (a "
+                            "corrupt checkpoint)", path)
 
     full = encoder.state_dict()
     full.update(mapped)  # keeps the encoder's num_batches_tracked where the file has none
