@@ -296,6 +296,22 @@ def test_texture_frames_list_without_a_number(tmp_path, capsys):
     assert "--frames" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--steps", "2", "--epochs", "2", "--out", "r"], "not allowed with argument --steps"),
+    (["train", "--fps", "abc", "--out", "r"], "--fps"),
+    (["propagate", "davis", "--root", "d", "--encoder", "foo"], "invalid choice: 'foo'"),
+    (["track", "clip.mp4", "--mask", "m.png"], "required: --out"),
+    (["propagate"], "required: BENCHMARK"),
+])
+def test_usage_errors_are_one_line_too(argv, needle, capsys):
+    # argparse printed the whole usage (11-20 lines for train) before its message.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"timecycle {argv[0]}") and needle in err and "--help" in err
+
+
 @pytest.mark.parametrize("flags", [["--fps", "0"], ["--fps", "-2"], ["--max-width", "-3"]])
 def test_report_options_out_of_range(flags, tmp_path, capsys):
     results = tmp_path / "res"

@@ -27,10 +27,18 @@ from timecycle import __version__
 from timecycle.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors, like every other error of the command (argparse
+    prints the whole usage first: 11-20 lines for `train`). Subcommands inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from timecycle.cli import demo, evaluate, propagate, report, track, train, visualize
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="timecycle",
         description="Learn correspondence from the cycle-consistency of time; propagate labels through video.",
     )
