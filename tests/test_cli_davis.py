@@ -239,6 +239,22 @@ def test_results_inside_the_datasets_inputs_are_refused(inside, synthetic_davis,
     assert code == 0, err  # beside the inputs is fine
 
 
+def test_an_annotation_without_its_frame_is_refused(synthetic_davis, tmp_path, capsys):
+    # A frame deleted mid-sequence: before, its annotation was silently left out of the
+    # score (the official evaluation reads a result for every annotation).
+    root = _copy_root(synthetic_davis, tmp_path / "root")
+    done = tmp_path / "done"
+    code, _, err = _propagate(capsys, root, done, "--encoder", "pixel")
+    assert code == 0, err
+    (root / "JPEGImages/480p/synth01/00004.jpg").unlink()
+    code, _, err = _run(capsys, "evaluate", "davis", "--results", str(done), "--root", str(root))
+    assert_one_line_error(code, err, "synth01", "1 annotation(s) have no frame", "00004.png")
+    out = tmp_path / "o"
+    code, _, err = _propagate(capsys, root, out, "--encoder", "pixel", "--evaluate")
+    assert_one_line_error(code, err, "synth01", "00004.png")
+    assert not out.exists()  # refused before any sequence was propagated
+
+
 def test_rgb_mask_is_refused(synthetic_davis, tmp_path, capsys):
     root = _copy_root(synthetic_davis, tmp_path / "root")
     m = root / "Annotations/480p/synth00/00000.png"

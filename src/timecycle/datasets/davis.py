@@ -31,8 +31,23 @@ class DavisSequence:
         return self.annotation_dir / f"{frame.stem}.png"
 
     def annotated(self) -> list[Path]:
-        """Annotation files that exist, in frame order (DAVIS annotates every frame)."""
-        return [p for p in map(self.annotation_path, self.frames) if p.is_file()]
+        """Annotation files that exist, in frame order (DAVIS annotates every frame).
+
+        An annotation whose frame is missing is a UserError: the official evaluation scores
+        every annotation (davis2017-evaluation reads a result for each), and no prediction can
+        be made for a frame that is not there; skipping it would score a different set.
+        """
+        found = [p for p in map(self.annotation_path, self.frames) if p.is_file()]
+        if self.annotation_dir.is_dir():
+            stems = {f.stem for f in self.frames}
+            orphans = sorted(p.name for p in self.annotation_dir.glob("*.png")
+                             if p.stem not in stems)
+            if orphans:
+                shown = ", ".join(orphans[:5]) + (", ..." if len(orphans) > 5 else "")
+                raise UserError(f"{len(orphans)} annotation(s) have no frame in "
+                                f"{self.frames[0].parent}: {shown} (a frame deleted or "
+                                "renamed?)", self.annotation_dir)
+        return found
 
     def read_annotation(self, path: Path) -> np.ndarray:
         """(H, W) uint8 ids; 2016 masks come back as 0/1."""

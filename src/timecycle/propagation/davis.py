@@ -28,9 +28,13 @@ def propagate_davis(
 ) -> RunStats:
     """Propagate every sequence in `names` into `out_dir`; `propagation.json` is written last.
 
-    Every first-frame mask is read and checked before any sequence is propagated.
+    Every first-frame mask is read and checked before any sequence is propagated, and every
+    annotation must have its frame (`DavisSequence.annotated`: else a frame is missing, and
+    the scoring would fail after the whole run).
     """
     seqs = [root.sequence(n) for n in names]
+    for s in seqs:
+        s.annotated()
     items = [(s.name, s.frames, s.first_label()[0]) for s in seqs]
     return propagate_mask_set(items, out_dir, frame_encoder, protocol, provenance, STALE,
                               batch_size, tile, progress)
