@@ -217,6 +217,30 @@ def test_mp4_input_gives_every_frame(tmp_path, capsys, one_thread):
     assert not (out / "tracks.npy").exists() and not (out / "flow.npy").exists()
 
 
+def test_a_truncated_mkv_is_refused_not_shortened(tmp_path, capsys, one_thread):
+    # mkv stores no frame count, only a duration: `track` read none and tracked the frames that
+    # decoded (12 of 18) with exit 0, where `visualize` refused the same file.
+    import av
+
+    frames, masks = square_video(18, 64, 96, (2, 1), size=24, corner=(8, 8))
+    whole = tmp_path / "clip.mkv"
+    with av.open(str(whole), mode="w", format="matroska") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    Image.fromarray(masks[0], mode="L").save(tmp_path / "mask.png")
+    argv = ["--mask", str(tmp_path / "mask.png"), "--encoder", "pixel", "--quiet"]
+    code, stdout, err = _run(capsys, "track", str(whole), *argv, "--out", str(tmp_path / "a"))
+    assert code == 0 and "tracked 18 frames" in stdout, err
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    code, _, err = _run(capsys, "track", str(cut), *argv, "--out", str(tmp_path / "b"))
+    assert_one_line_error(code, err, "cut.mkv", "of the 18 frames its header declares")
+    assert not (tmp_path / "b").exists()
+
+
 class _WatchedStream:
     """A long generated video whose frames are watched: `most` is the largest number of frames
     alive at once while it is read."""

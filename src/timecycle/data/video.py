@@ -101,6 +101,21 @@ def _stream_rate(stream) -> Fraction | None:
     return None
 
 
+def declared_frames(container, stream) -> int:
+    """The frame count a PyAV `container`'s video `stream` declares: `stream.frames` where the
+    container stores it (mp4, avi), else the stream's or the container's duration x the
+    average rate (mkv, webm); 0 where none is known."""
+    import av
+
+    n = stream.frames or 0
+    rate = _stream_rate(stream)
+    if n <= 0 and rate and stream.duration and stream.time_base:
+        n = round(stream.duration * stream.time_base * rate)
+    elif n <= 0 and rate and container.duration:
+        n = round(Fraction(container.duration, av.time_base) * rate)
+    return int(n)
+
+
 def probe_video(path: str | Path) -> dict:
     """Frame count, fps, width, height of a video file, from container metadata.
 
@@ -117,11 +132,7 @@ def probe_video(path: str | Path) -> dict:
             rate = _stream_rate(stream)
             if rate is None:
                 raise DecodeError(path, "no frame rate in the container")
-            n = stream.frames or 0
-            if n <= 0 and stream.duration and stream.time_base:
-                n = round(stream.duration * stream.time_base * rate)
-            elif n <= 0 and container.duration:
-                n = round(Fraction(container.duration, av.time_base) * rate)
+            n = declared_frames(container, stream)
             first = next(container.decode(stream), None)
             if first is None:
                 raise DecodeError(path, "no decodable video frame")

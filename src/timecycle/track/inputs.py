@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timecycle.data.video import END_SLACK, VIDEO_SUFFIXES
+from timecycle.data.video import END_SLACK, VIDEO_SUFFIXES, declared_frames
 from timecycle.datasets.io import frame_files, read_mask
 from timecycle.errors import UserError
 from timecycle.propagation.video import read_frames
@@ -84,7 +84,7 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
             raise UserError("the file holds no video stream", path)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        declared = stream.frames or 0  # the container's frame count; 0 where it has none (mkv)
+        declared = declared_frames(container, stream)  # as probe_video reads it; 0: unknown
         size, count = None, 0
         try:
             for frame in container.decode(stream):
