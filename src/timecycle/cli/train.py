@@ -222,16 +222,30 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_STOPPED
     if not world.is_main:
         return 0
-    records = [r for r in read_metrics(outcome.run_dir) if r.get("loss") is not None]
-    if records:
-        first, final = records[0], records[-1]
+    records = read_metrics(outcome.run_dir)
+    finite = [r for r in records if r.get("loss") is not None]
+    skipped = ""
+    if outcome.nonfinite:
+        skipped = f" ({outcome.nonfinite} of {outcome.step} steps skipped as non-finite"
+        if outcome.nonfinite_last:  # they changed nothing: last.pt is the step before's model
+            skipped += (f", the last {outcome.nonfinite_last} in a row; {last.name} holds step "
+                        f"{outcome.step - outcome.nonfinite_last}'s model")
+        skipped += ")"
+    if finite:
+        first, final = finite[0], records[-1]
         overall = outcome.clips / max(outcome.seconds, 1e-9)
-        print(f"trained to step {final['step']}: loss {first['loss']:.4f} (step "
-              f"{first['step']}) -> {final['loss']:.4f}, {final['clips_per_s']:.2f} clips/s "
+        # A log line's loss is the mean over its interval's finite steps: when the run ended
+        # on skipped steps, the last line's is not the last step's, and none is quoted.
+        end = ("non-finite" if outcome.nonfinite_last or final["loss"] is None
+               else f"{final['loss']:.4f}")
+        start = f"step {first['step']}" + (", its interval's finite steps"
+                                           if first.get("nonfinite") else "")
+        print(f"trained to step {outcome.step}{skipped}: loss {first['loss']:.4f} ({start}) "
+              f"-> {end}, {final['clips_per_s']:.2f} clips/s "
               f"training ({outcome.clips} clips in {_duration(outcome.seconds)}, "
               f"{overall:.2f} clips/s with evaluations, probes and saves) -> {last}")
     else:
-        print(f"done -> {last}")
+        print(f"done{skipped} -> {last}")
     return 0
 
 

@@ -3,7 +3,9 @@
 run around it; the demo and bench/train.py call it directly.
 
 Steps count batches: a step whose loss (on any process) or gradient norm is not finite makes
-no update, and says which of the two it was (`StepResult`).
+no update, and says which of the two it was (`StepResult`). It leaves the model as it found it:
+its forwards also moved BatchNorm's running statistics (NaN ones, when the forward diverged),
+and those are put back.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     Returns the total loss, each term reduced over its K steps (means over micro-batches and
     processes), and the gradient norm before clipping; `values` is None and no update is made
     when the loss of any process or the gradient norm is not finite. The backward runs even
-    then, so that every process joins the gradient all-reduce. One device sync per step.
+    then, so that every process joins the gradient all-reduce; the BatchNorm running
+    statistics that the step's forwards moved are put back (`running_statistics`), so a
+    skipped step changes nothing. One device sync per step.
     """
     batches = [batches] if isinstance(batches, dict) else list(batches)
     ddp = isinstance(model, DistributedDataParallel)
+    statistics = running_statistics(model)
+    saved = _snapshot(statistics)
     optimizer.zero_grad(set_to_none=True)
     sums, names = None, None
     for i, batch in enumerate(batches):
@@ -63,7 +69,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     # grad_clip 0: not clipped (CRW); the norm is still measured and logged.
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
     if not bool(torch.isfinite(means[0]) & torch.isfinite(grad_norm)):
+        # Every process decides alike (the loss averaged, the gradients all-reduced), so each
+        # puts back its own statistics: replicas equal before the step stay equal.
         optimizer.zero_grad(set_to_none=True)
+        _restore(statistics, saved)
         return StepResult(None, means[0], grad_norm.detach())
     optimizer.step()
     return StepResult({"loss": means[0], "grad_norm": grad_norm.detach(),
@@ -117,22 +126,43 @@ def unrelated(batch: dict) -> dict:
     return {**batch, key: mixed}
 
 
+def running_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers a forward of `model` updates in place: running_mean, running_var and
+    num_batches_tracked of each BatchNorm in train mode (SyncBatchNorm included; none of one
+    in eval mode, as with --batchnorm frozen, which reads them only)."""
+    return [b for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and m.training and m.track_running_stats
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
+
+def _snapshot(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    # One fused copy per device and dtype rather than a clone per tensor (45 in the small preset):
+    # it runs on every step, for the rare one that is skipped.
+    saved = [torch.empty_like(t) for t in tensors]
+    if tensors:
+        torch._foreach_copy_(saved, tensors)
+    return saved
+
+
+@torch.no_grad()
+def _restore(tensors: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    if tensors:
+        torch._foreach_copy_(tensors, saved)
+
+
 @contextlib.contextmanager
 def _frozen_statistics(model: torch.nn.Module):
-    """BatchNorm keeps normalising with batch statistics but stops updating its running ones
-    (momentum 0), so a diagnostic forward leaves the model as it was."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None
-              else None) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
+    """BatchNorm keeps normalising with batch statistics, and its running ones are put back
+    afterwards, so a diagnostic forward leaves the model as it was. (Momentum 0 would not do:
+    a NaN batch statistic times 0 is still NaN, and the probe runs on the step's last batch,
+    which may be the one that made the step non-finite.)"""
+    statistics = running_statistics(model)
+    saved = _snapshot(statistics)
     try:
         yield
     finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+        _restore(statistics, saved)
 
 
 @torch.no_grad()

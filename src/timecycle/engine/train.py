@@ -55,8 +55,8 @@ encoder, which is what they should describe. DDP is rebuilt when the encoder (un
 registers the parameters that require gradients when it is built.
 
 Steps count batches: a step whose loss (on any process) or gradient norm is not finite is
-skipped (no update) and counted, and `max_nonfinite` of them in a row stop the run with a
-UserError.
+skipped (no update: parameters, Adam's moments and BatchNorm's running statistics stay as they
+were) and counted, and `max_nonfinite` of them in a row stop the run with a UserError.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ class Outcome:
     stopped: bool  # a stop request ended the run before total_steps
     clips: int = 0  # clips trained on by this call (all processes), resumed ones not counted
     seconds: float = 0.0  # its training loop's wall time: steps, evaluations, probes, saves
+    nonfinite: int = 0  # steps skipped as non-finite, resumed ones counted
+    nonfinite_last: int = 0  # of them, those that ended the run in a row (its last loss: none)
 
 
 def train(config: TrainConfig, resume: bool = False,
@@ -186,7 +188,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
             "clip": asdict(dataset.config), "loss": asdict(loss_config), "environment": env,
         })
     if n.step >= total_steps:
-        return Outcome(run_dir, n.step, total_steps, stopped=False)
+        return Outcome(run_dir, n.step, total_steps, stopped=False, nonfinite=n.nonfinite)
 
     def save(numbered: bool, best: bool = False) -> None:  # a collective: all ranks call it
         rng = ckpt.rng_state(device)
@@ -328,7 +330,7 @@ def _run(config: TrainConfig, run_dir: Path, device: torch.device, world: World,
         if proxy is not None:
             proxy.close()
     return Outcome(run_dir, n.step, total_steps, stopped, n.samples - session_samples,
-                   time.monotonic() - session_start)
+                   time.monotonic() - session_start, n.nonfinite, consecutive)
 
 
 def _nonfinite(n: setup.Counters, consecutive: int, result: StepResult, limit: int,
