@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import pytest
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -406,6 +407,23 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, writer):
     else:
         torch.load(path, weights_only=False)
     assert marker.read_text() == "code ran"
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("config.json", b'{"arch": "resnet18"}', "it holds text"),
+    ("arr.npy", None, "it holds a NumPy .npy file"),
+    ("empty.pt", b"", "the file is empty"),
+])
+def test_files_that_are_not_checkpoints_say_so(tmp_path, name, content, needle):
+    # torch.load's own message for these read "Unsupported operand 123".
+    path = tmp_path / name
+    if content is None:
+        np.save(path, np.zeros(3))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=needle) as err:
+        load_weights(_encoder(), path)
+    assert err.value.path == path
 
 
 def test_safetensors_without_the_package_is_a_clear_error(tmp_path, monkeypatch):

@@ -124,6 +124,7 @@ def read_checkpoint(path: str | Path) -> Any:
         raise UserError("no such file" if not path.exists() else "not a file", path)
     if _is_safetensors(path):
         return _read_safetensors(path)
+    _check_torch_file(path)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS), warnings.catch_warnings():
             # A plain pickle.dump file: torch warns on two lines before failing, and the
@@ -202,6 +203,22 @@ def _padding_mode(checkpoint: Any, layout: _Layout) -> str:
     args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
     model_type = getattr(args, "model_type", "scratch")
     return "reflect" if model_type == "scratch" else "zeros"
+
+
+def _check_torch_file(path: Path) -> None:
+    """A UserError unless the file starts as torch.save writes: a zip archive (torch >= 1.6),
+    a pickle of protocol 2 or more (the legacy format, TimeCycle's 2019 .pth.tar), or a tar
+    (torch < 0.4). torch.load's own failure on a JSON or .npy file reads "Unsupported operand
+    123", which tells a user nothing."""
+    with open(path, "rb") as f:
+        head = f.read(262)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[257:262] == b"ustar":
+        return
+    if not head:
+        raise UserError("the file is empty (0 bytes): not a checkpoint", path)
+    kind = ("a NumPy .npy file" if head[:6] == b"\x93NUMPY"
+            else "text" if head[:64].isascii() else "another format")
+    raise UserError(f"not a PyTorch checkpoint or safetensors file (it holds {kind})", path)
 
 
 def _load_failure(err: Exception) -> str:
