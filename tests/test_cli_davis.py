@@ -207,6 +207,11 @@ def test_unknown_protocol(synthetic_davis, tmp_path, capsys):
     assert_one_line_error(code, err, "unknown protocol")
 
 
+def test_evaluate_names_a_missing_results_folder_first(tmp_path, capsys):
+    code, _, err = _run(capsys, "evaluate", "davis", "--results", str(tmp_path / "nosuch"))
+    assert_one_line_error(code, err, "nosuch", "results folder not found")  # not "pass --root"
+
+
 def test_missing_root(tmp_path, capsys):
     code, _, err = _propagate(capsys, tmp_path / "nowhere", tmp_path / "o")
     assert_one_line_error(code, err, "nowhere")

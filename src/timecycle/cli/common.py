@@ -73,8 +73,10 @@ def take_recorded(args: argparse.Namespace, benchmark: str) -> None:
     from timecycle.propagation.results import PROVENANCE_FILE, read_provenance
 
     results = Path(args.results)
+    if not results.is_dir():  # before "pass --root", which would send the user the wrong way
+        raise UserError("results folder not found", results)
     recover_interrupted(results, deep=False)  # a killed rerun set the propagation's files aside
-    record = read_provenance(results) if results.is_dir() else None
+    record = read_provenance(results)
     if record is None or record.get("benchmark") != benchmark:
         record = {}
     where = results / PROVENANCE_FILE
