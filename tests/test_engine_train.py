@@ -468,7 +468,7 @@ def test_skipped_steps_leave_the_model_and_its_statistics_as_they_were(poison, d
             return real(params, max_norm) * (float("inf") if len(calls) > 1 else 1.0)
 
         monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", inf_from_second)
-    with pytest.warns(RuntimeWarning, match="step 3: non-finite"):
+    with pytest.warns(RuntimeWarning, match=r"step [23]: non-finite"):
         run = train(tiny(data, tmp_path / "three", steps=3, accum=2, probe_every=0))
     saved = load_checkpoint(run / "last.pt")
     assert saved["nonfinite"] == 2
@@ -668,6 +668,11 @@ def test_cli_trains_and_resumes(data, tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(out / "last.pt")["step"] == 3
     assert [r["step"] for r in read_metrics(out)] == [2, 3]  # small logs every 5, and at the end
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "2", "--quiet"]) == 0
+    said = capsys.readouterr().out  # before: "trained to step 3 ... (0 clips ...)"
+    assert said.startswith("nothing to train:") and "at step 3" in said and "ends at step 2" in said
+    assert load_checkpoint(out / "last.pt")["step"] == 3
 
 
 def test_meter_leaves_excluded_time_out_of_the_rate(monkeypatch):

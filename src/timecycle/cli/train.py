@@ -222,6 +222,10 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_STOPPED
     if not world.is_main:
         return 0
+    if outcome.step >= outcome.total_steps and outcome.clips == 0:
+        print(f"nothing to train: {last} is at step {outcome.step}, and this run ends at step "
+              f"{outcome.total_steps}; pass a larger --steps (or --epochs) to go on")
+        return 0
     records = read_metrics(outcome.run_dir)
     finite = [r for r in records if r.get("loss") is not None]
     skipped = ""
