@@ -279,9 +279,19 @@ def test_wrong_size_mask_is_refused(synthetic_davis, tmp_path, capsys):
 def test_empty_first_mask_is_refused(synthetic_davis, tmp_path, capsys):
     root = _copy_root(synthetic_davis, tmp_path / "root")
     m = root / "Annotations/480p/synth02/00000.png"
-    write_mask(m, np.zeros_like(read_mask(m)))
+    ids = read_mask(m)
+    write_mask(m, np.zeros_like(ids))
     code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel")
     assert_one_line_error(code, err, "empty")
+    assert "--year" not in err
+    # the other year's format reads as empty too: the message says which flag fits it
+    write_mask(m, np.where(ids > 0, 255, 0).astype(np.uint8))
+    code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel")
+    assert_one_line_error(code, err, "empty", "pass --year 2016")
+    write_mask(m, np.where(ids > 0, 1, 0).astype(np.uint8))
+    code, _, err = _propagate(capsys, root, tmp_path / "o", "--encoder", "pixel", "--year", "2016",
+                              "--sequences", "synth02")
+    assert_one_line_error(code, err, "empty", "values 1 look like DAVIS-2017", "--year 2017")
 
 
 def test_prediction_with_unknown_object_id(synthetic_davis, tmp_path, capsys):

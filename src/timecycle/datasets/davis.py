@@ -63,7 +63,8 @@ class DavisSequence:
         ids[ids == VOID] = 0
         n_objects = int(ids.max())
         if n_objects == 0:
-            raise UserError("the first-frame mask is empty: there is no object to propagate", path)
+            raise UserError("the first-frame mask is empty: there is no object to propagate"
+                            + self._year_hint(path), path)
         present = np.unique(ids[ids > 0])
         if len(present) < n_objects:
             # The DAVIS evaluation counts ids 1..max as objects; one absent from frame 0 is
@@ -82,6 +83,19 @@ class DavisSequence:
                 path,
             )
         return ids, n_objects
+
+
+    def _year_hint(self, path: Path) -> str:
+        """Why a mask reads as empty when it is the other year's format, else ''."""
+        raw = np.unique(read_mask(path))
+        if self.binary_255 and ((raw > 0) & (raw <= 127)).any():
+            ids = ", ".join(map(str, raw[(raw > 0) & (raw <= 127)][:5]))
+            return (f" (read as a DAVIS-2016 0/255 mask; its values {ids} look like DAVIS-2017 "
+                    "object ids: pass --year 2017)")
+        if not self.binary_255 and VOID in raw and not ((raw > 0) & (raw < VOID)).any():
+            return (" (its only non-zero value is 255, void in DAVIS-2017: a DAVIS-2016 0/255 "
+                    "mask? pass --year 2016)")
+        return ""
 
 
 def frame_size(path: Path) -> tuple[int, int]:
