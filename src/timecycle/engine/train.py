@@ -345,11 +345,13 @@ def _nonfinite(n: setup.Counters, consecutive: int, result: StepResult, limit: i
                       f"({consecutive} in a row, {n.nonfinite} in all)", RuntimeWarning,
                       stacklevel=3)
     if consecutive >= limit:
+        # Without a checkpoint the command removes the run folder: say so, not "last.pt holds".
+        kept = (f"{run_dir / ckpt.LAST} holds the last saved state" if ckpt.has_checkpoint(run_dir)
+                else "no checkpoint was saved, so the run folder is not kept")
         raise UserError(
             f"stopped at step {n.step}: {consecutive} non-finite steps (loss or gradient) in a "
-            "row (the "
-            f"parameters were not updated by them; {run_dir / ckpt.LAST} holds the last saved "
-            "state, if any). Try a lower --lr, --warmup-steps N, or --loss code")
+            f"row (the model was not updated by them; {kept}). Try a lower --lr, "
+            "--warmup-steps N, or --loss code")
 
 
 def _fmt(x: float | None) -> str:
