@@ -8,6 +8,7 @@ case where the plain way gives another answer (so the test fails if the step is 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -15,7 +16,7 @@ from PIL import Image
 from reference_propagation import reference_propagate
 from timecycle.propagation.propagator import LabelPropagator, per_frame_topk
 from timecycle.propagation.protocols import TIMECYCLE
-from timecycle.propagation.resize import downsample_label, label_to_ids, minmax
+from timecycle.propagation.resize import LabelWarning, downsample_label, label_to_ids, minmax
 
 SMALL = TIMECYCLE.replace(n_context=3)  # the ring wraps within a short video
 
@@ -106,7 +107,8 @@ def test_labels_of_at_most_11_pixels_are_dropped() -> None:
     ids = torch.zeros(16, 16, dtype=torch.long)
     ids.view(-1)[:11] = 1
     ids[10, :12] = 2
-    label = downsample_label(ids, 3, (16, 16), p)
+    with pytest.warns(LabelWarning, match=r"1 of its 3 labels .* fewer than 12 pixels .* 16x16"):
+        label = downsample_label(ids, 3, (16, 16), p)  # said: its masks would be empty, silently
     assert int((ids == 1).sum()) == 11 and int((ids == 2).sum()) == 12
     assert label[1].abs().sum() == 0
     assert torch.equal(label[2], (ids == 2).float())

@@ -8,6 +8,7 @@ cv2 INTER_LINEAR = bilinear, align_corners=False, no antialiasing; cv2 INTER_NEA
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -37,6 +38,10 @@ def resize_frames(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
+class LabelWarning(UserWarning):
+    """A first-frame label that the protocol cannot carry (too small at its resolution)."""
+
+
 def one_hot(ids: torch.Tensor, n_classes: int) -> torch.Tensor:
     """(H, W) integer ids -> (K, H, W) float one-hot."""
     return F.one_hot(ids.long(), n_classes).permute(2, 0, 1).float()
@@ -48,9 +53,14 @@ def _nearest(x: torch.Tensor, size: tuple[int, int], exact: bool) -> torch.Tenso
 
 
 def downsample_label(
-    ids: torch.Tensor, n_classes: int, feat_size: tuple[int, int], protocol: Protocol
+    ids: torch.Tensor, n_classes: int, feat_size: tuple[int, int], protocol: Protocol,
+    what: str = "the first-frame label",
 ) -> torch.Tensor:
-    """First-frame id map (H, W) -> soft label (K, h, w) at feature resolution."""
+    """First-frame id map (H, W) -> soft label (K, h, w) at feature resolution.
+
+    A label the protocol drops (`min_label_pixels`) is warned about, naming `what`: its masks
+    would otherwise come out empty from frame 1 on, with nothing said.
+    """
     if protocol.label_down == "nearest_onehot":
         # DINO read_seg: PIL nearest resize of the id map to the feature size, then one-hot.
         small = _nearest(ids[None, None].float(), feat_size, exact=True)[0, 0]
@@ -66,6 +76,13 @@ def downsample_label(
         # TimeCycle (test_davis.py) keeps only the colours of frame 0 with enough pixels at the
         # canvas; the pixels of a dropped one are in no channel at all, not even background.
         keep = onehot.flatten(1).sum(dim=1) >= protocol.min_label_pixels
+        if not bool(keep.all()):
+            dropped = int((~keep).sum())
+            warnings.warn(f"{what}: {dropped} of its {n_classes} labels (ids present in it, "
+                          f"background included) cover fewer than {protocol.min_label_pixels} "
+                          f"pixels at the {protocol.name} protocol's {ids.shape[1]}x{ids.shape[0]} "
+                          "canvas: dropped, as TimeCycle's test code drops them, and never "
+                          "predicted", LabelWarning, stacklevel=2)
         onehot = onehot * keep[:, None, None]
     return F.interpolate(onehot[None], size=feat_size, mode="bilinear", align_corners=False)[0]
 

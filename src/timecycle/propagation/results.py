@@ -179,7 +179,8 @@ def propagate_masks(
             id_of = torch.from_numpy(present.astype(np.int64)).to(device)
 
             def first_label(feat_hw: tuple[int, int]) -> torch.Tensor:
-                return downsample_label(ids0_t, len(present), tuple(feat_hw), protocol)
+                return downsample_label(ids0_t, len(present), tuple(feat_hw), protocol,
+                                        f"{name}: the first-frame mask")
 
             stream = read_frames(frames, expect_hw=out_hw)
             outputs = propagate_frames(stream, first_label, frame_encoder, protocol, batch_size, tile)

@@ -69,7 +69,8 @@ class FirstLabel:
         """(Km + 1 + K, h, w): mask channels, then background and one heat map per point."""
         parts = []
         if self.ids0 is not None:
-            parts.append(downsample_label(self.channels0, self.n_mask, feat_hw, self.protocol))
+            parts.append(downsample_label(self.channels0, self.n_mask, feat_hw, self.protocol,
+                                          "the --mask"))
         if self.xy0 is not None:
             joints = torch.as_tensor(self.xy0 + 1.0, dtype=torch.float64, device=self.device)
             parts.append(keypoint_label(joints, self.image_hw, feat_hw, self.readout.sigma))
