@@ -56,6 +56,32 @@ def test_demo_weights_builtin_is_one_line_saying_they_are_scored_anyway(tmp_path
     assert not out.exists()
 
 
+def test_demo_refuses_a_wrong_checkpoint_or_mask_before_any_work(tmp_path, capsys):
+    # Before: after generating the data, or after timing a training step and its estimate.
+    import numpy as np
+    from PIL import Image
+
+    from timecycle.datasets.io import write_mask
+
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--weights", str(bad)])
+    printed, err = capsys.readouterr()
+    assert_one_line_error(code, err, "bad.pt", "not a PyTorch checkpoint")
+    assert printed == "" and not out.exists()
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(clip / f"{i:04d}.png")
+    write_mask(tmp_path / "mask.png", np.ones((32, 40), np.uint8))
+    code = main(["demo", "--out", str(out), "--video", str(clip), "--mask",
+                 str(tmp_path / "mask.png")])
+    printed, err = capsys.readouterr()
+    assert_one_line_error(code, err, "mask.png", "mask is 40x32, the clip's frames 48x32")
+    assert "timing" not in printed and not out.exists()
+
+
 @pytest.mark.slow
 def test_demo_on_a_users_clip(tmp_path, capsys):
     import numpy as np

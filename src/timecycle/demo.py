@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from timecycle.datasets.davis import DavisRoot
 from timecycle.datasets.io import (
     output_folder,
@@ -94,14 +96,19 @@ def _decode_clip(video: str) -> list:
     return frames
 
 
-def _clip_root(out: Path, frames: list, mask: str) -> Path:
-    """Lay a user's clip and first-frame mask out as a one-sequence DAVIS root."""
-    from PIL import Image
-
+def _read_clip_mask(mask: str, frames: list) -> np.ndarray:
+    """The first-frame ids of a user's clip, checked against its frames."""
     ids = read_mask(mask)
     if ids.shape != frames[0].shape[:2]:
         raise UserError(f"mask is {ids.shape[1]}x{ids.shape[0]}, the clip's frames "
                         f"{frames[0].shape[1]}x{frames[0].shape[0]}", mask)
+    return ids
+
+
+def _clip_root(out: Path, frames: list, ids: np.ndarray) -> Path:
+    """Lay a user's clip and first-frame ids out as a one-sequence DAVIS root."""
+    from PIL import Image
+
     root = out / "data" / "clip"
     shutil.rmtree(root, ignore_errors=True)
     frames_dir = root / "JPEGImages" / "480p" / SEQUENCE
@@ -279,6 +286,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from timecycle.propagation.protocols import get_protocol
 
     get_protocol(cfg.protocol)  # an unknown name is reported now, not after the training
+    if cfg.weights:  # a wrong file is reported now, not after generating data (~1 s)
+        _encoder("resnet18", cfg.weights, cfg.seed, cfg.protocol)
     with output_folder(cfg.out) as out:
         return _run_demo(cfg, out)
 
@@ -288,7 +297,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
     clip = None
     if cfg.video:
         frames = _decode_clip(cfg.video)
-        read_mask(cfg.mask)  # a bad mask is reported before the estimate and the training
+        ids = _read_clip_mask(cfg.mask, frames)  # reported before the estimate and the training
         h, w = frames[0].shape[:2]
         clip = {"video": str(Path(cfg.video).resolve()), "frames": len(frames),
                 "width": w, "height": h}
@@ -311,7 +320,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
     if clip:
         _say(f"laying out {cfg.video} ({clip['frames']} frames, {clip['width']}x{clip['height']}) "
              "with its first-frame mask")
-        eval_root = _clip_root(out, frames, cfg.mask)
+        eval_root = _clip_root(out, frames, ids)
         train_data = eval_root / "JPEGImages" / "480p"
     else:
         begin("generate", "generating synthetic training videos and a labelled evaluation set")
