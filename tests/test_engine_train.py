@@ -689,6 +689,19 @@ def test_meter_leaves_excluded_time_out_of_the_rate(monkeypatch):
     assert summary["loss"] == 2.0
 
 
+def test_metrics_log_writes_strict_json(tmp_path):
+    # A probe on the batch that diverged logged "probe_real": NaN, which JSON has not.
+    from timecycle.engine.logging import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path, 0, tensorboard=False)
+    log.write({"step": 1, "loss": 1.5, "probe_real": float("nan"), "grad_norm": float("inf")})
+    log.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
+    assert read_metrics(tmp_path)[0] | {"time": 0} == {"step": 1, "loss": 1.5, "probe_real": None,
+                                                        "grad_norm": None, "time": 0}
+
+
 def test_metrics_log_without_tensorboard_notes_it_and_logs_on(tmp_path, monkeypatch, capsys):
     import sys
 

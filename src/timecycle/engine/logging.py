@@ -134,7 +134,11 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"step": record["step"], **record, "time": round(time.time(), 3)}
-        self.file.write(json.dumps(record) + "\n")
+        # JSON has no NaN or infinity (json.dumps writes them, strict readers refuse the line):
+        # a non-finite value, e.g. a probe on the batch that diverged, is null.
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                  for k, v in record.items()}
+        self.file.write(json.dumps(record, allow_nan=False) + "\n")
         self.file.flush()
         if self.writer is not None:
             for key, value in record.items():
