@@ -196,6 +196,18 @@ def test_evaluate_scores_a_results_folder_as_it_was_propagated(synthetic_davis, 
     assert_one_line_error(code, err, "pass --root", str(out))
 
 
+def test_a_propagation_into_another_benchmarks_results_drops_their_scores(synthetic_davis,
+                                                                          tmp_path, capsys):
+    # A DAVIS run into a folder of JHMDB results kept their pck.csv, a score of nothing there.
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("pck.csv", "pck_per_video.csv", "pck.json", "miou.csv", "miou.json"):
+        (out / name).write_text("old scores")
+    code, _, err = _propagate(capsys, synthetic_davis, out, "--encoder", "identity")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["propagation.json"]
+
+
 def test_missing_sequences_are_all_listed(synthetic_davis, tmp_path, capsys):
     code, _, err = _propagate(capsys, synthetic_davis, tmp_path / "o", "--encoder", "identity",
                               "--sequences", "synth00,nope1,nope2")
@@ -238,7 +250,8 @@ def test_results_inside_the_datasets_inputs_are_refused(inside, synthetic_davis,
     assert_one_line_error(code, err, str(root / inside), "input folder")
     code, _, err = _run(capsys, "evaluate", "davis", "--root", str(root), "--results",
                         str(root / inside))
-    assert_one_line_error(code, err, "input folder")
+    assert_one_line_error(code, err, "input folder" if (root / inside).is_dir()
+                          else "results folder not found")
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
     code, _, err = _propagate(capsys, root, root / "results", "--encoder", "identity")
     assert code == 0, err  # beside the inputs is fine

@@ -19,6 +19,9 @@ from timecycle.errors import UserError
 from timecycle.metrics.davis import count_objects, evaluate_sequence, summarise, write_results
 from timecycle.propagation.results import read_provenance, results_folder
 
+# What a scoring writes beside the predictions (the official toolkit's two CSVs, and ours).
+RESULT_FILES = ("global_results-val.csv", "per-sequence_results-val.csv", "results-val.json")
+
 
 def _read_pair(seq: DavisSequence, gt_path: Path, results: Path) -> tuple[np.ndarray, np.ndarray]:
     gt = seq.read_annotation(gt_path)

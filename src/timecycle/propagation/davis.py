@@ -12,7 +12,6 @@ from timecycle.propagation.video import FrameEncoder
 from timecycle.propagation.windows import DEFAULT_TILE
 
 # Files of an earlier evaluation in the output folder; they describe the old predictions.
-STALE = ("global_results-val.csv", "per-sequence_results-val.csv", "results-val.json")
 
 
 def propagate_davis(
@@ -36,5 +35,5 @@ def propagate_davis(
     for s in seqs:
         s.annotated()
     items = [(s.name, s.frames, s.first_label()[0]) for s in seqs]
-    return propagate_mask_set(items, out_dir, frame_encoder, protocol, provenance, STALE,
+    return propagate_mask_set(items, out_dir, frame_encoder, protocol, provenance,
                               batch_size, tile, progress)

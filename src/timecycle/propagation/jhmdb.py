@@ -19,7 +19,6 @@ from tqdm import tqdm
 from timecycle.datasets.io import atomic_path, replace_entry
 from timecycle.datasets.jhmdb import JhmdbRoot, JhmdbVideo
 from timecycle.errors import UserError
-from timecycle.metrics.jhmdb import RESULT_FILES
 from timecycle.propagation.results import RunStats, SequenceStats, finish_results, start_results
 from timecycle.propagation.keypoints import propagate_keypoints
 from timecycle.propagation.presets import KeypointReadout
@@ -67,7 +66,7 @@ def propagate_jhmdb(
     progress: bool = True,
 ) -> RunStats:
     """Propagate every video in `names`; write the predictions, then `propagation.json`."""
-    out_dir = start_results(out_dir, RESULT_FILES)
+    out_dir = start_results(out_dir)
     videos = [root.video(n) for n in names]
     truth = [v.joints() for v in videos]  # every .mat is checked before any work starts
     for video, gt in zip(videos, truth):

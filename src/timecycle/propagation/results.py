@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,11 +67,17 @@ class RunStats:
         return self.frames / max(self.seconds, 1e-9)
 
 
-def start_results(out_dir: str | Path, stale: Iterable[str]) -> Path:
-    """Create `out_dir` and remove its completion marker and any evaluation files (`stale`)."""
+def start_results(out_dir: str | Path) -> Path:
+    """Create `out_dir` and remove its completion marker and every benchmark's score files: a
+    folder propagated again holds no scores until it is scored again, whichever benchmark wrote
+    the old ones (a DAVIS run into a folder of JHMDB results kept their pck.csv)."""
+    # The metric modules read results through this one: imported here, not at its top.
+    from timecycle.metrics import davis_eval, jhmdb, vip
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (PROVENANCE_FILE, *stale):
+    for name in (PROVENANCE_FILE, *davis_eval.RESULT_FILES, *jhmdb.RESULT_FILES,
+                 *vip.RESULT_FILES):
         replace_entry(out_dir / name)
     return out_dir
 
@@ -201,14 +207,13 @@ def propagate_mask_set(
     frame_encoder: FrameEncoder | None,
     protocol: Protocol,
     provenance: dict,
-    stale: Iterable[str],
     batch_size: int = 4,
     tile: int = DEFAULT_TILE,
     progress: bool = True,
     key: str = "sequences",
 ) -> RunStats:
     """Propagate (name, frames, first id map) items; the provenance file is written last."""
-    out = start_results(out_dir, stale)
+    out = start_results(out_dir)
     stats = RunStats()
     with ThreadPoolExecutor(max_workers=2) as writer:
         for name, frames, ids0 in tqdm(items, desc=key, unit="seq", disable=not progress or len(items) < 2):

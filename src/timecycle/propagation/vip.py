@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from timecycle.datasets.vip import VipRoot
-from timecycle.metrics.vip import RESULT_FILES
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.results import RunStats, propagate_mask_set
 from timecycle.propagation.video import FrameEncoder
@@ -37,7 +36,7 @@ def propagate_vip(
     """
     videos = [root.video(n) for n in names]
     items = [(v.name, v.frames, v.first_label()) for v in videos]
-    return propagate_mask_set(items, out_dir, frame_encoder, protocol, provenance, RESULT_FILES,
+    return propagate_mask_set(items, out_dir, frame_encoder, protocol, provenance,
                               batch_size, tile, progress, key="videos")
 
 
