@@ -245,3 +245,27 @@ def test_a_video_shorter_than_its_header_gets_its_decodable_length(tmp_path):
     assert last.shape == (1, 64, 96, 3)
     with pytest.raises(DecodeError):  # what the header promised past that does not decode
         read_frames(str(path), "video", [39], None)
+
+
+def test_an_mkv_with_longer_audio_declares_its_video_length(tmp_path):
+    # mkv stores no frame count; the container's duration is the longest stream's, here the
+    # audio's 3 s: read as 30 frames, `track` refused the whole 18-frame video as truncated.
+    path = tmp_path / "av.mkv"
+    with av.open(str(path), mode="w", format="matroska") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 96, 64, "yuv420p"
+        audio = container.add_stream("mp2", rate=44100)
+        for i in range(18):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 96, 3), i * 10, np.uint8), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for k in range(3 * 44100 // 1152):
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16",
+                                               layout="mono")
+            sound.sample_rate, sound.pts = 44100, k * 1152
+            container.mux(audio.encode(sound))
+        container.mux(audio.encode())
+    with av.open(str(path)) as container:
+        assert container.duration / av.time_base > 2.5  # the audio's
+        assert video_mod.declared_frames(container, container.streams.video[0]) == 18
+    assert video_mod.probe_video(path)["declared_frames"] == 18

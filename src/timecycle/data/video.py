@@ -103,17 +103,32 @@ def _stream_rate(stream) -> Fraction | None:
 
 def declared_frames(container, stream) -> int:
     """The frame count a PyAV `container`'s video `stream` declares: `stream.frames` where the
-    container stores it (mp4, avi), else the stream's or the container's duration x the
-    average rate (mkv, webm); 0 where none is known."""
+    container stores it (mp4, avi), else the stream's own duration x the average rate (mkv,
+    webm: its DURATION tag), else the container's duration where the video is its only stream
+    (with audio, that is the longest stream's); 0 where none is known."""
     import av
 
     n = stream.frames or 0
     rate = _stream_rate(stream)
-    if n <= 0 and rate and stream.duration and stream.time_base:
-        n = round(stream.duration * stream.time_base * rate)
-    elif n <= 0 and rate and container.duration:
-        n = round(Fraction(container.duration, av.time_base) * rate)
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = stream.duration * stream.time_base
+    elif _tag_seconds(stream.metadata.get("DURATION")) is not None:
+        seconds = _tag_seconds(stream.metadata.get("DURATION"))
+    elif container.duration and len(container.streams) == 1:
+        seconds = Fraction(container.duration, av.time_base)
+    if n <= 0 and rate and seconds is not None:
+        n = round(seconds * rate)
     return int(n)
+
+
+def _tag_seconds(tag: str | None) -> Fraction | None:
+    """Seconds of a matroska DURATION tag, "HH:MM:SS.nnnnnnnnn"; None if absent or malformed."""
+    try:
+        h, m, sec = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + Fraction(sec)
+    except (AttributeError, ValueError):
+        return None
 
 
 def probe_video(path: str | Path) -> dict:
