@@ -611,14 +611,19 @@ def test_commands_that_read_results_put_a_killed_rerun_back_first(reader, synthe
     assert not list(out.glob(".*"))  # no journal, no set-aside copy, no unfinished item
 
 
-def test_readers_recover_their_results_folder_alone(tmp_path):
-    # `evaluate points --pred W/pred.npy` reads W: a killed run in W/k2, or one writing W/live
-    # now, is another command's business (before: put back, or refused "another run").
+def test_readers_recover_their_results_folder_alone(tmp_path, capsys):
+    # `evaluate points --pred W/pred.npy` reads W and, by default, writes its scores there: a
+    # killed run in W/k2, or one writing W/live now, is another command's business (before:
+    # put back, or refused "another run").
+    import socket
     import subprocess
-    import sys
 
-    from timecycle.datasets.io import JOURNAL, recover_interrupted
+    from timecycle.datasets.io import JOURNAL
 
+    (tmp_path / "gt.json").write_text(json.dumps({"names": ["a", "b"], "frames": [
+        {"frame": 0, "xy": [[5, 5], [9, 9]], "visible": [True, True]},
+        {"frame": 1, "xy": [[10, 10], [20, 30]], "visible": [True, True]}]}))
+    np.save(tmp_path / "pred.npy", np.array([[[5.0, 5.0], [9, 9]], [[10.0, 10.0], [20, 30]]]))
     (tmp_path / "k2" / "a").mkdir(parents=True)
     (tmp_path / "k2" / "a" / "x.png").write_text("old")
     _killed_rerun(tmp_path / "k2", "before-commit")
@@ -626,18 +631,34 @@ def test_readers_recover_their_results_folder_alone(tmp_path):
     try:
         (tmp_path / "live").mkdir()
         (tmp_path / "live" / JOURNAL).write_text(json.dumps(
-            {"pid": live.pid, "host": __import__("socket").gethostname(), "replaced": []}))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            recover_interrupted(tmp_path, deep=False)
+            {"pid": live.pid, "host": socket.gethostname(), "replaced": []}))
+        code, _, err = _run(capsys, ["evaluate", "points", "--gt", tmp_path / "gt.json",
+                                     "--pred", tmp_path / "pred.npy"])
     finally:
         live.kill()
         live.wait()
+    assert code == 0 and "warning" not in err, err
+    assert (tmp_path / "points_pck.csv").is_file()
     assert (tmp_path / "k2" / JOURNAL).is_file() and (tmp_path / "k2" / ".replaced-a").is_dir()
-    with pytest.warns(UserWarning, match="put back 1 previous"):
-        recover_interrupted(tmp_path / "k2", deep=False)  # its own folder: put back
-    assert (tmp_path / "k2" / "a" / "x.png").read_text() == "old"
-    assert not list((tmp_path / "k2").glob(".*"))
+
+
+def test_a_reader_leaves_a_journal_from_another_host_alone(tmp_path):
+    # That run may be writing now over a shared filesystem: putting its folder back would
+    # wreck it. A writer on this machine still takes such a journal for a killed run's.
+    from timecycle.datasets.io import JOURNAL, output_folder, recover_interrupted
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / ".replaced-a").mkdir()
+    (tmp_path / ".partial-b").mkdir()
+    (tmp_path / JOURNAL).write_text(json.dumps(
+        {"pid": 1, "host": "elsewhere.example", "replaced": [["a", ".replaced-a"]]}))
+    with pytest.warns(UserWarning, match="a run on host elsewhere.example is replacing"):
+        recover_interrupted(tmp_path, reading=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [JOURNAL, ".partial-b", ".replaced-a", "a"])
+    with pytest.warns(UserWarning, match="put back 1 previous"), output_folder(tmp_path):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
 def test_a_run_killed_after_its_commit_keeps_its_new_results(tmp_path):

@@ -75,7 +75,7 @@ def take_recorded(args: argparse.Namespace, benchmark: str) -> None:
     results = Path(args.results)
     if not results.is_dir():  # before "pass --root", which would send the user the wrong way
         raise UserError("results folder not found", results)
-    recover_interrupted(results, deep=False)  # a killed rerun set the propagation's files aside
+    recover_interrupted(results, reading=True)  # a killed rerun set the propagation's files aside
     record = read_provenance(results)
     if record is None or record.get("benchmark") != benchmark:
         record = {}

@@ -51,7 +51,7 @@ def run_davis(args: argparse.Namespace) -> int:
     names = root.sequence_names(args.sequences)
     from timecycle.datasets.io import output_folder
 
-    with output_folder(args.results):  # a failed scoring removes the score files it wrote
+    with output_folder(args.results, reading=True):  # a failed scoring removes its score files
         evaluate_and_print(root, args.results, names, progress=not args.quiet)
     return 0
 
@@ -67,12 +67,12 @@ def run_points(args: argparse.Namespace) -> int:
         write_points_pck,
     )
 
-    recover_interrupted(Path(args.pred).parent, deep=False)  # a killed `track` rerun set it aside
+    recover_interrupted(Path(args.pred).parent, reading=True)  # a killed `track` rerun set it aside
     gt = read_ground_truth(args.gt)
     pred = read_prediction(args.pred, len(gt.names))
     result = points_pck(gt, pred, args.alpha, args.masks, pred_path=args.pred)
     out = args.out or Path(args.pred).parent
-    with output_folder(out):
+    with output_folder(out, reading=True):  # beside the prediction it reads, by default
         sources = {"gt": str(Path(args.gt).resolve()), "pred": str(Path(args.pred).resolve()),
                    "masks": str(Path(args.masks).resolve()) if args.masks else None}
         paths = write_points_pck(out, result, sources)

@@ -49,10 +49,8 @@ def evaluate_and_print(root, results: str, names: list[str]) -> dict[float, floa
     result = evaluate_jhmdb(root, results, names)
     if len(result.per_video) > 1:
         width = max(len(n) for n in result.per_video)
-        unscored = []
         for name, v in result.per_video.items():
             if all(math.isnan(p) for p in v.values()):
-                unscored.append(name)
                 print(f"  {name:<{width}}  no joint scored after frame 0 (not in the mean)")
                 continue
             print(f"  {name:<{width}}  " + " ".join(f"PCK@{a:g} {p:.4f}" for a, p in v.items()))
@@ -93,6 +91,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     root = JhmdbRoot(args.root)
     check_out_apart(args.results, root.inputs)
     names = root.video_names(args.videos)
-    with output_folder(args.results):  # a failed scoring removes the score files it wrote
+    with output_folder(args.results, reading=True):  # a failed scoring removes its score files
         evaluate_and_print(root, args.results, names)
     return 0

@@ -36,7 +36,7 @@ def run_report(args: argparse.Namespace) -> int:
         raise UserError("no such folder", path)
     check_positive(args, "--fps")  # 0 divides by zero in the animation writer
     check_at_least(args, 1, "--max-width")
-    recover_interrupted(path, deep=False)  # a killed rerun set the results it shows aside
+    recover_interrupted(path, reading=True)  # a killed rerun set the results it shows aside
     training = (path / METRICS_FILE).is_file()
     if training and args.root:
         raise UserError("--root applies to propagation results, not to a training run")

@@ -85,6 +85,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     root = VipRoot(args.root)
     check_out_apart(args.results, root.inputs)
     names = root.video_names(args.videos)
-    with output_folder(args.results):  # a failed scoring removes the score files it wrote
+    with output_folder(args.results, reading=True):  # a failed scoring removes its score files
         evaluate_and_print(root, args.results, names)
     return 0

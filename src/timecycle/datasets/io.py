@@ -323,10 +323,10 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
-def _live_writer(record: dict, folder: Path) -> bool:
+def _live_writer(record: dict, folder: Path, reading: bool = False) -> bool:
     """True if the journal is this process's own (an enclosing block); a UserError if another
     live process on this machine writes it: two commands writing one folder at once would mix
-    their results."""
+    their results, and one reading it would read a half-replaced set."""
     pid = record.get("pid")
     if not isinstance(pid, int) or record.get("host") != socket.gethostname():
         return False
@@ -341,31 +341,40 @@ def _live_writer(record: dict, folder: Path) -> bool:
     started = record.get("started")
     if isinstance(started, int) and _process_start(pid) not in (started, None):
         return False  # the writer is gone and its pid taken by another process since
+    advice = "" if reading else ", or choose another --out"
     raise UserError(f"another run (process {pid}) is writing into this folder now; wait for "
-                    "it to finish, or choose another --out", folder)
+                    f"it to finish{advice}", folder)
 
 
-def recover_interrupted(path: str | Path, deep: bool = True) -> None:
+def recover_interrupted(path: str | Path, reading: bool = False) -> None:
     """Put back what runs killed outright had set aside in `path` (their journals, at any
-    depth; with `deep` False, only `path`'s own), and remove their unfinished `.partial-*`
-    items: the folder returns to what it held before those runs, as a failed run leaves it.
-    Every command that writes into a folder (`output_folder`) calls it first; those that read
-    results call it on the results folder alone (its journal is there: the folder was the
-    writer's --out), so the folders beside and below are not theirs to touch.
+    depth), and remove their unfinished `.partial-*` items: the folder returns to what it held
+    before those runs, as a failed run leaves it. Every command that writes into a folder
+    (`output_folder`) calls it first.
 
-    A UserError if another live process writes the folder now.
+    `reading`: the command reads results from `path` (evaluate, report). Only `path`'s own
+    journal is its business (the folder was the writer's --out), not those beside or below;
+    and a journal written on another host is left alone with a warning: that run may be
+    writing now over a shared filesystem, and this machine cannot tell.
+
+    A UserError if another live process on this machine writes the folder now.
     """
     path = Path(path)
     if not path.is_dir():
         return
     for dirpath, dirnames, filenames in os.walk(path):
-        if not deep:
+        if reading:
             dirnames.clear()
         if JOURNAL not in filenames:
             continue
         file = Path(dirpath).absolute() / JOURNAL
         record = read_json_object(file, "an interrupted run's journal") or {}
-        if _live_writer(record, file.parent):
+        if reading and record.get("host") != socket.gethostname():
+            warnings.warn(f"{dirpath}: a run on host {record.get('host')} is replacing these "
+                          "results, or was killed there; they are read as they are",
+                          stacklevel=2)
+            continue
+        if _live_writer(record, file.parent, reading):
             continue
         pairs = _journal_pairs(record, file.parent)
         if pairs is None:
@@ -390,7 +399,8 @@ _DEVICE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 @contextlib.contextmanager
-def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None,
+                  reading: bool = False) -> Iterator[Path]:
     """A command's output folder: checked first (`check_output_folder`), tidied if it fails.
 
     If the block raises (a user error, a bug, Ctrl-C), everything it added under `path` is
@@ -401,7 +411,7 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
     inside `path` (disk full, read-only) becomes a UserError naming that file.
     """
     path = check_output_folder(path)
-    recover_interrupted(path)
+    recover_interrupted(path, reading)  # reading: scores written beside results it reads
     top = path  # the outermost folder the block will create
     while not top.parent.exists():
         top = top.parent
@@ -430,8 +440,10 @@ def output_folder(path: str | Path, keep: Callable[[Path], bool] | None = None) 
             reason = err.strerror or type(err).__name__
             raise UserError(f"cannot write ({reason})", err.filename) from None
         if isinstance(err, OSError) and err.filename is None and err.errno in _DEVICE_FULL:
-            # write() and close() name no file: the folder is where the run was writing
-            raise UserError(f"cannot write ({os.strerror(err.errno)})", path) from None
+            # write() and close() name no file: most likely this folder's device, but a
+            # temporary file elsewhere (the evaluation proxy's) fails the same way
+            raise UserError(f"cannot write ({os.strerror(err.errno)}), here or in a temporary "
+                            "file of the run", path) from None
         raise
     _REPLACED.reset(token)
     _settle(journal, outer)
