@@ -84,7 +84,6 @@ class DavisSequence:
             )
         return ids, n_objects
 
-
     def _year_hint(self, path: Path) -> str:
         """Why a mask reads as empty when it is the other year's format, else ''."""
         raw = np.unique(read_mask(path))

@@ -163,8 +163,8 @@ def compile_cycles(model: TimeCycle, mode: str) -> None:
 
 
 def build_run(config: TrainConfig, loss_config: LossConfig, device: torch.device, world: World,
-           state: dict | None, compile_mode: str = "off"
-           ) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
+              state: dict | None, compile_mode: str = "off"
+              ) -> tuple[TimeCycle, torch.optim.Optimizer, Counters]:
     """The model and Adam on `device`, from scratch (seeded) or from a checkpoint `state`;
     then this process's generators: seed + rank, or the checkpoint's. `compile_mode`:
     `resolve_compile`'s "off", "on" or "graphs" for the tracker's cycles."""

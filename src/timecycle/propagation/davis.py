@@ -11,8 +11,6 @@ from timecycle.propagation.results import RunStats, propagate_mask_set
 from timecycle.propagation.video import FrameEncoder
 from timecycle.propagation.windows import DEFAULT_TILE
 
-# Files of an earlier evaluation in the output folder; they describe the old predictions.
-
 
 def propagate_davis(
     root: DavisRoot,
