@@ -508,7 +508,7 @@ def test_vip_results_inside_its_inputs_are_refused(tmp_path, capsys):
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
 
-def test_track_results_into_the_frame_folder_are_refused(tmp_path, capsys):
+def _three_frames(tmp_path: Path) -> Path:
     from PIL import Image
 
     frames = tmp_path / "frames"
@@ -516,6 +516,13 @@ def test_track_results_into_the_frame_folder_are_refused(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(frames / f"{i:05d}.png")
+    return frames
+
+
+def test_track_results_into_the_frame_folder_are_refused(tmp_path, capsys):
+    from PIL import Image
+
+    frames = _three_frames(tmp_path)
     mask = np.zeros((32, 48), np.uint8)
     mask[8:20, 8:20] = 1
     Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
@@ -523,3 +530,16 @@ def test_track_results_into_the_frame_folder_are_refused(tmp_path, capsys):
                         "--out", frames, "--quiet")
     assert_one_line_error(code, err, "frame folder")
     assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+
+def test_texture_results_into_the_frame_folder_are_refused(tmp_path, capsys):
+    # texture_strip.png and texture.webp among the frames broke the next run on the folder
+    # (a 644x176 "frame"), and a DAVIS sequence gained two frames.
+    frames = _three_frames(tmp_path)
+    code, _, err = _run(capsys, "visualize", "texture", "--video", frames, "--encoder", "pixel",
+                        "--device", "cpu", "--out", frames)
+    assert_one_line_error(code, err, "frame folder")
+    assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    code, _, err = _run(capsys, "visualize", "texture", "--video", frames, "--encoder", "pixel",
+                        "--device", "cpu", "--step", "3", "--out", tmp_path / "fig")
+    assert_one_line_error(code, err, str(frames), "--step 3 picks frame 0 alone")

@@ -128,6 +128,14 @@ def check_out_apart(out: str | Path, inputs: Iterable[Path]) -> None:
                             "outside it", out)
 
 
+def check_out_not_frames(out: str | Path, video: str | Path) -> None:
+    """A UserError if `out` is the frame folder `video` itself: the outputs (PNG and WebP
+    images) would be read as frames by the next run on it, or by a benchmark's."""
+    if Path(out).resolve() == Path(video).resolve():
+        raise UserError("is the video's frame folder: the results would be written among its "
+                        "frames; choose another --out", out)
+
+
 def recorded_annotations(root: DavisRoot) -> str:
     """The annotation folder as propagation.json records it: relative to the root when inside
     it, so that a moved DAVIS root (`evaluate davis --root NEW`) still finds it."""

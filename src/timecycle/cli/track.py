@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 from timecycle.cli.common import add_encoder_args, add_precision_arg, check_at_least, check_tile
 from timecycle.datasets.io import output_folder
@@ -61,7 +60,12 @@ def default_weights(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timecycle.cli.common import load_encoder, precision_notes, uses_bf16
+    from timecycle.cli.common import (
+        check_out_not_frames,
+        load_encoder,
+        precision_notes,
+        uses_bf16,
+    )
     from timecycle.engine.runtime import environment, resolve_device
     from timecycle.errors import UserError
     from timecycle.propagation.video import FrameEncoder
@@ -74,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("track needs features: choose --encoder pixel, resnet18 or resnet50")
     check_at_least(args, 1, "--batch-size")
     check_tile(args)
-    if Path(args.out).resolve() == Path(args.video).resolve():
-        # its images (flow.png, ...) would be read as frames by the next run
-        raise UserError("is the video's frame folder: the results would be written among its "
-                        "frames; choose another --out", args.out)
+    check_out_not_frames(args.out, args.video)
     with output_folder(args.out):  # checked first; what a failed run added is removed
         protocol, readout = track_protocol(args.protocol)
         notes = default_weights(args)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from timecycle.cli.common import add_encoder_args, check_at_least, check_positive, load_encoder
+from timecycle.cli.common import (
+    add_encoder_args,
+    check_at_least,
+    check_out_not_frames,
+    check_positive,
+    load_encoder,
+)
 from timecycle.datasets.io import check_output_folder, output_folder
 from timecycle.errors import UserError
 
@@ -67,6 +73,7 @@ def run_texture(args: argparse.Namespace) -> int:
     if args.step is not None:
         check_at_least(args, 2, "--max-frames")
     check_output_folder(args.out)  # before the encoder and the video are loaded
+    check_out_not_frames(args.out, args.video)
     encoder, _ = load_encoder(args, CRW.name)
     if encoder is None:
         raise UserError("the identity baseline has no features to match; choose another --encoder")

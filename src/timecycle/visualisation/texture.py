@@ -169,6 +169,9 @@ def select_frames(n_frames: int, frames: Sequence[int] | None = None, step: int 
         if step < 1:
             raise UserError(f"--step must be at least 1, got {step}")
         picked = list(range(0, n_frames, step))[:max_frames]
+        if len(picked) < 2:
+            raise UserError(f"--step {step} picks frame 0 alone of the video's {n_frames} "
+                            "frames: at least two are needed; choose a smaller --step")
     else:
         picked = [0, min(5, n_frames - 1)]
     if len(picked) < 2 or picked[0] == picked[1]:
@@ -199,7 +202,11 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None, short_sid
         info = (probe_frames if kind == "frames" else probe_video)(path)
         if kind == "video":
             check_whole(path, info)
-        indices = list(indices) if indices is not None else select_frames(info["n_frames"], **select)
+        try:
+            indices = (list(indices) if indices is not None
+                       else select_frames(info["n_frames"], **select))
+        except UserError as err:
+            raise UserError(str(err), path) from None  # which video the frames are counted in
         if short_side is not None:  # downscale only: upscaling adds pixels, not detail
             short_side = min(short_side, info["width"], info["height"])
         return read_frames(path, kind, indices, short_side), indices
