@@ -81,9 +81,9 @@ def test_out_in_an_unwritable_folder_is_one_line(command, synthetic_davis, tmp_p
     locked = tmp_path / "locked"
     locked.mkdir()
     if os.geteuid() == 0:  # root writes through permission bits: stand in a read-only filesystem
-        import timecycle.datasets.io as io
+        import timecycle.datasets.outputs as outputs
 
-        monkeypatch.setattr(io, "_writable", lambda folder: Path(folder) != locked)
+        monkeypatch.setattr(outputs, "_writable", lambda folder: Path(folder) != locked)
     else:
         locked.chmod(0o555)
     try:
@@ -192,15 +192,15 @@ def test_a_second_signal_while_tidying_up_is_only_acknowledged(synthetic_davis, 
     # inside that tidying (a "release unlocked lock" traceback, the folder half tidied).
     import signal
 
-    from timecycle.datasets import io
+    from timecycle.datasets import outputs
 
-    real_remove = io._remove_new
+    real_remove = outputs._remove_new
 
     def remove_new(folder, before):
         os.kill(os.getpid(), signal.SIGINT)
         return real_remove(folder, before)
 
-    monkeypatch.setattr(io, "_remove_new", remove_new)
+    monkeypatch.setattr(outputs, "_remove_new", remove_new)
     out = tmp_path / "o"  # capfd: the acknowledgement is an os.write
     code, err = _sigterm_during_propagation(capfd, monkeypatch, synthetic_davis, out)
     assert code == 143 and err.strip().splitlines() == [
@@ -281,7 +281,7 @@ def test_a_failed_rerun_leaves_the_previous_results_whole(synthetic_davis, tmp_p
 def test_replaced_entries_come_back_whatever_the_block_did_with_them(tmp_path):
     # The same output replaced twice in one block (a name given twice), and a block inside
     # another (the demo's results folders): a failure still puts back the first original.
-    from timecycle.datasets.io import output_folder, replace_entry
+    from timecycle.datasets.outputs import output_folder, replace_entry
 
     out = tmp_path / "o"
     (out / "a").mkdir(parents=True)
@@ -503,7 +503,7 @@ def test_provenance_paths_are_absolute_and_report_works_from_elsewhere(synthetic
 _KILLED_RERUN = """
 import os, signal, sys
 from pathlib import Path
-from timecycle.datasets.io import output_folder, replace_entry
+from timecycle.datasets.outputs import output_folder, replace_entry
 out = Path(sys.argv[1])
 with output_folder(out):
     for name in ("a", "b"):
@@ -512,8 +512,8 @@ with output_folder(out):
         (out / name / "x.png").write_text("new")
     replace_entry(out / "c.csv")  # killed before the new c.csv is written
     if sys.argv[2] == "after-commit":
-        from timecycle.datasets import io
-        io._REPLACED.get().close()
+        from timecycle.datasets import outputs
+        outputs._REPLACED.get().close()
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -538,7 +538,7 @@ def test_a_rerun_killed_outright_is_put_back_by_the_next_command(tmp_path):
     # SIGKILL leaves the originals set aside as .replaced-*; the next command on the folder
     # puts them back before it starts (so a failure of its own cannot lose them), as a failed
     # run would have done itself.
-    from timecycle.datasets.io import output_folder
+    from timecycle.datasets.outputs import output_folder
 
     out = tmp_path / "o"
     for name in ("a", "b"):
@@ -559,7 +559,7 @@ def test_a_rerun_killed_outright_is_put_back_by_the_next_command(tmp_path):
 def test_a_full_device_is_one_line_naming_the_output_folder(tmp_path, code):
     # write() and close() raise ENOSPC without a filename (seen on a full tmpfs with
     # propagate, track, train, report and evaluate points): a traceback before.
-    from timecycle.datasets.io import output_folder
+    from timecycle.datasets.outputs import output_folder
     from timecycle.errors import UserError
 
     out = tmp_path / "o"
@@ -574,7 +574,7 @@ def test_a_full_device_is_one_line_naming_the_output_folder(tmp_path, code):
 _KILLED_PROPAGATION = """
 import os, signal, sys
 from pathlib import Path
-from timecycle.datasets.io import output_folder, replace_entry
+from timecycle.datasets.outputs import output_folder, replace_entry
 out = Path(sys.argv[1])
 with output_folder(out):  # as a rerun of `propagate davis` is when SIGKILL comes
     replace_entry(out / "propagation.json")
@@ -618,7 +618,7 @@ def test_readers_recover_their_results_folder_alone(tmp_path, capsys):
     import socket
     import subprocess
 
-    from timecycle.datasets.io import JOURNAL
+    from timecycle.datasets.outputs import JOURNAL
 
     (tmp_path / "gt.json").write_text(json.dumps({"names": ["a", "b"], "frames": [
         {"frame": 0, "xy": [[5, 5], [9, 9]], "visible": [True, True]},
@@ -645,7 +645,7 @@ def test_readers_recover_their_results_folder_alone(tmp_path, capsys):
 def test_a_reader_leaves_a_journal_from_another_host_alone(tmp_path):
     # That run may be writing now over a shared filesystem: putting its folder back would
     # wreck it. A writer on this machine still takes such a journal for a killed run's.
-    from timecycle.datasets.io import JOURNAL, output_folder, recover_interrupted
+    from timecycle.datasets.outputs import JOURNAL, output_folder, recover_interrupted
 
     (tmp_path / "a").mkdir()
     (tmp_path / ".replaced-a").mkdir()
@@ -662,7 +662,7 @@ def test_a_reader_leaves_a_journal_from_another_host_alone(tmp_path):
 
 
 def test_a_run_killed_after_its_commit_keeps_its_new_results(tmp_path):
-    from timecycle.datasets.io import output_folder, replace_entry
+    from timecycle.datasets.outputs import output_folder, replace_entry
 
     out = tmp_path / "o"
     (out / "a").mkdir(parents=True)
@@ -682,7 +682,7 @@ def test_a_folder_another_live_run_writes_is_refused(tmp_path):
     import subprocess
     import sys
 
-    from timecycle.datasets.io import JOURNAL, output_folder
+    from timecycle.datasets.outputs import JOURNAL, output_folder
     from timecycle.errors import UserError
 
     out = tmp_path / "o"
@@ -707,7 +707,7 @@ def test_a_journal_whose_pid_is_now_another_process_is_an_interrupted_runs(tmp_p
     # the writer (the folder would be refused until it ended). /proc says when a pid started.
     import socket
 
-    from timecycle.datasets.io import JOURNAL, _process_start, output_folder
+    from timecycle.datasets.outputs import JOURNAL, _process_start, output_folder
 
     if _process_start(os.getpid()) is None:
         pytest.skip("no /proc here: a process's start time is unknown")

@@ -29,13 +29,13 @@ import numpy as np
 
 from timecycle.datasets.davis import DavisRoot
 from timecycle.datasets.io import (
-    output_folder,
     read_frame,
     read_mask,
     write_json_atomic,
     write_mask,
     write_text_atomic,
 )
+from timecycle.datasets.outputs import output_folder
 from timecycle.errors import UserError
 
 SEQUENCE = "clip"  # the user's clip, laid out as a one-sequence DAVIS root

@@ -69,7 +69,7 @@ def take_recorded(args: argparse.Namespace, benchmark: str) -> None:
     names (--sequences / --videos), and DAVIS's --year and --annotations, so that
     `evaluate BENCHMARK --results R` scores R as it was propagated. Given options win; a note
     says which were taken."""
-    from timecycle.datasets.io import recover_interrupted
+    from timecycle.datasets.outputs import recover_interrupted
     from timecycle.propagation.results import PROVENANCE_FILE, read_provenance
 
     results = Path(args.results)

@@ -49,7 +49,7 @@ def run_davis(args: argparse.Namespace) -> int:
     root = davis_root(args)
     check_out_apart(args.results, root.inputs)
     names = root.sequence_names(args.sequences)
-    from timecycle.datasets.io import output_folder
+    from timecycle.datasets.outputs import output_folder
 
     with output_folder(args.results, reading=True):  # a failed scoring removes its score files
         evaluate_and_print(root, args.results, names, progress=not args.quiet)
@@ -59,7 +59,7 @@ def run_davis(args: argparse.Namespace) -> int:
 def run_points(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from timecycle.datasets.io import output_folder, recover_interrupted
+    from timecycle.datasets.outputs import output_folder, recover_interrupted
     from timecycle.metrics.points import (
         points_pck,
         read_ground_truth,

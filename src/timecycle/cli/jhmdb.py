@@ -15,7 +15,7 @@ from timecycle.cli.common import (
     start_propagation,
     take_recorded,
 )
-from timecycle.datasets.io import output_folder
+from timecycle.datasets.outputs import output_folder
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK
 
 PRESETS = PROTOCOLS_BY_BENCHMARK["jhmdb"]

@@ -15,7 +15,7 @@ from timecycle.cli.common import (
     recorded_annotations,
     start_propagation,
 )
-from timecycle.datasets.io import output_folder
+from timecycle.datasets.outputs import output_folder
 from timecycle.propagation.protocols import PROTOCOLS, get_protocol
 
 

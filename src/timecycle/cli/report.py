@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from timecycle.cli.common import check_at_least, check_positive
-from timecycle.datasets.io import output_folder, recover_interrupted
+from timecycle.datasets.outputs import output_folder, recover_interrupted
 from timecycle.errors import UserError
 
 

@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from timecycle.cli.common import add_encoder_args, add_precision_arg, check_at_least, check_tile
-from timecycle.datasets.io import output_folder
+from timecycle.datasets.outputs import output_folder
 from timecycle.propagation.windows import DEFAULT_TILE, MAX_TILE
 
 

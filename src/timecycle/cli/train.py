@@ -194,7 +194,7 @@ def config_from_args(args: argparse.Namespace, resumed: tuple[Path, dict] | None
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from timecycle.datasets.io import check_output_folder, output_folder
+    from timecycle.datasets.outputs import check_output_folder, output_folder
     from timecycle.engine.checkpoint import has_checkpoint, latest_checkpoint
     from timecycle.engine.distributed import world_from_env
     from timecycle.engine.logging import read_metrics

@@ -15,7 +15,7 @@ from timecycle.cli.common import (
     check_positive,
     load_encoder,
 )
-from timecycle.datasets.io import check_output_folder, output_folder
+from timecycle.datasets.outputs import check_output_folder, output_folder
 from timecycle.errors import UserError
 
 

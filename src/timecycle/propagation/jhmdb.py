@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from timecycle.datasets.io import atomic_path, replace_entry
+from timecycle.datasets.io import atomic_path
+from timecycle.datasets.outputs import replace_entry
 from timecycle.datasets.jhmdb import JhmdbRoot, JhmdbVideo
 from timecycle.errors import UserError
 from timecycle.propagation.results import RunStats, SequenceStats, finish_results, start_results

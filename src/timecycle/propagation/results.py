@@ -22,12 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from timecycle.datasets.io import (
-    read_json_object,
-    replace_entry,
-    write_json_atomic,
-    write_mask,
-)
+from timecycle.datasets.io import read_json_object, write_json_atomic, write_mask
+from timecycle.datasets.outputs import replace_entry
 from timecycle.errors import UserError
 from timecycle.propagation.protocols import Protocol
 from timecycle.propagation.resize import downsample_label, label_to_ids

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from timecycle.datasets.io import replace_entry, write_json_atomic, write_mask
+from timecycle.datasets.io import write_json_atomic, write_mask
+from timecycle.datasets.outputs import replace_entry
 from timecycle.errors import UserError
 from timecycle.propagation.presets import KeypointReadout
 from timecycle.propagation.protocols import Protocol
@@ -95,7 +96,7 @@ def track_video(
     `track.json` (`record`: the caller's entries, e.g. command and provenance).
 
     The inputs are checked against frame 0 before anything is written. Run it inside
-    `datasets.io.output_folder` to have a failure remove what was written.
+    `datasets.outputs.output_folder` to have a failure remove what was written.
     """
     if mask is None and points is None:
         raise UserError("nothing to track: give --mask, --points or both")
