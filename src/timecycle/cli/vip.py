@@ -66,7 +66,7 @@ def run_propagate(args: argparse.Namespace) -> int:
         if args.evaluate:  # nothing to score is found before the work, not after it
             from timecycle.metrics.vip import frame_0_only
 
-            frame_0_only(root, names)
+            frame_0_only(root, {n: root.video(n).annotated() for n in names})
         frame_encoder, provenance = start_propagation(
             args, "vip", protocol, {"vip_root": str(root.root.resolve())})
         stats = propagate_vip(root, names, args.out, frame_encoder, protocol, provenance,

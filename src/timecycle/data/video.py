@@ -110,12 +110,10 @@ def declared_frames(container, stream) -> int:
 
     n = stream.frames or 0
     rate = _stream_rate(stream)
-    seconds = None
+    seconds = _tag_seconds(stream.metadata.get("DURATION"))
     if stream.duration and stream.time_base:
         seconds = stream.duration * stream.time_base
-    elif _tag_seconds(stream.metadata.get("DURATION")) is not None:
-        seconds = _tag_seconds(stream.metadata.get("DURATION"))
-    elif container.duration and len(container.streams) == 1:
+    elif seconds is None and container.duration and len(container.streams) == 1:
         seconds = Fraction(container.duration, av.time_base)
     if n <= 0 and rate and seconds is not None:
         n = round(seconds * rate)

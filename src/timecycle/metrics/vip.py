@@ -124,21 +124,21 @@ def read_prediction(path: Path, gt_hw: tuple[int, int]) -> np.ndarray:
     return pred
 
 
-def frame_0_only(root: VipRoot, names: list[str]) -> list[str]:
-    """The videos in `names` with no annotated frame after frame 0 (a video with no annotation
-    at all counts among them); a UserError when that is all of them: nothing to score.
+def frame_0_only(root: VipRoot, annotated: Mapping[str, list[tuple[int, Path]]]) -> list[str]:
+    """The videos with no annotated frame after frame 0, given each video's
+    `VipVideo.annotated()` (a video with no annotation at all counts among them); a UserError
+    when that is all of them: nothing to score.
 
     Only file names are looked at, so `propagate vip --evaluate` checks this before any work.
     """
-    videos = [root.video(n) for n in names]
-    alone = [v.name for v in videos if not any(i > 0 for i, _ in v.annotated())]
-    if alone and len(alone) == len(names):
+    alone = [name for name, frames in annotated.items() if not any(i > 0 for i, _ in frames)]
+    if alone and len(alone) == len(annotated):
         # Frame 0's prediction is its given annotation: scored alone it is a perfect mIoU.
-        if len(names) == 1:
+        if len(annotated) == 1:
             raise UserError("nothing to score: no annotated frame after frame 0 (frame 0's "
-                            "prediction is this annotation)", videos[0].annotation_dir)
+                            "prediction is this annotation)", root.video(alone[0]).annotation_dir)
         raise UserError(f"nothing to score: no annotated frame after frame 0 in any of the "
-                        f"{len(names)} videos (frame 0's prediction is its annotation)",
+                        f"{len(annotated)} videos (frame 0's prediction is its annotation)",
                         root.annotations)
     return alone
 
@@ -148,26 +148,25 @@ def evaluate_vip(root: VipRoot, results_dir: str | Path, names: list[str]) -> Vi
     results = results_folder(results_dir, names, "videos")
     total = np.zeros((N_CLASSES, N_CLASSES), np.int64)
     result = VipResult(total)
-    for name in names:
-        video = root.video(name)
-        if not video.annotated():
+    videos = {name: root.video(name) for name in names}
+    annotated = {name: video.annotated() for name, video in videos.items()}  # listed once
+    for name, video in videos.items():
+        if not annotated[name]:
             raise UserError("no annotated frame for this video", video.annotation_dir)
-    result.frame_0_only = frame_0_only(root, names)
+    result.frame_0_only = frame_0_only(root, annotated)
     if result.frame_0_only:
         warnings.warn(f"{len(result.frame_0_only)} of {len(names)} videos have no annotated frame "
                       f"after frame 0, so they add only frame 0, their given annotation (scored "
                       f"as the public scripts score it): {', '.join(result.frame_0_only)}",
                       stacklevel=2)
-    for name in names:
-        video = root.video(name)
+    for name, video in videos.items():
         hist = np.zeros_like(total)
-        annotated = video.annotated()
-        for _, gt_path in annotated:
+        for _, gt_path in annotated[name]:
             gt = video.read_annotation(gt_path)
             pred = read_prediction(results / name / gt_path.name, gt.shape)
             hist += confusion_matrix(gt, pred)
         total += hist
-        result.frames += len(annotated)
+        result.frames += len(annotated[name])
         result.per_video[name] = summarise(hist)
     provenance: dict = {"vip_root": str(root.root), "videos": names}
     recorded = read_provenance(results)
