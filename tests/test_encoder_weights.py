@@ -448,7 +448,7 @@ def test_file_sha256_streams_in_chunks(tmp_path):
     data = bytes(range(256)) * 1000
     path.write_bytes(data)
     assert file_sha256(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
-    assert set(FORMATS) == {"native", "torchvision", "crw", "timecycle-official"}
+    assert set(FORMATS) == {"native", "torchvision", "crw", "timecycle-official", "dino"}
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

@@ -16,10 +16,11 @@ from timecycle.propagation.windows import DEFAULT_TILE, MAX_TILE
 
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="resnet18", choices=ENCODERS,
-                   help="identity and pixel are the no-learning baselines (default: resnet18)")
+                   help="identity and pixel are the no-learning baselines; vit-* are DINO's "
+                        "ViTs (small or base, patch 16 or 8) (default: resnet18)")
     p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, a "
-                                     ".safetensors file, a timecycle run's last.pt, or 'builtin' "
-                                     "(the package's own, resnet18)")
+                                     ".safetensors file, a timecycle run's last.pt, 'builtin' "
+                                     "(the package's own, resnet18), or DINO's (vit-*)")
     p.add_argument("--head", choices=("auto", "yes", "no"), default="auto",
                    help="TimeCycle 1x1 head on the encoder; auto (default): the checkpoint's "
                         "head under the timecycle protocol, layer3 under crw and dino, as "

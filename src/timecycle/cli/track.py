@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--points", help="CSV with header id,x,y: pixels of frame 0, (0, 0) the centre "
                                     "of the top-left pixel")
     p.add_argument("--flow", action="store_true",
-                   help="also write flow.npy: per stride-8 cell, its motion from frame 0")
+                   help="also write flow.npy: per feature cell (stride 8; a ViT's patch), its motion from frame 0")
     p.add_argument("--out", required=True, help="output folder")
     add_encoder_args(p)
     p.add_argument("--protocol", default="crw",

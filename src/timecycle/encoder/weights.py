@@ -1,6 +1,7 @@
-"""Load trained weights into a `ResNetEncoder` from the checkpoints users bring (SPEC 2).
+"""Load trained weights into an encoder from the checkpoints users bring (SPEC 2).
 
-Four layouts are recognised from their keys (a DataParallel `module.` prefix is dropped first):
+A `ViTEncoder` takes DINO's ViT checkpoints (format "dino", encoder/vit_weights.py). For a
+`ResNetEncoder`, four layouts are recognised from their keys (a DataParallel `module.` prefix is dropped first):
 
 - "native": this library's own files. A bare `ResNetEncoder.state_dict()` (`stem.0.weight`,
   `layer1.*`, `head.conv.weight`) or a training checkpoint `{'model': ..., 'step', 'config'}`
@@ -38,11 +39,14 @@ from typing import Any
 
 import torch
 
-from timecycle.encoder.builtin import builtin_info, builtin_path, is_builtin
+from timecycle.encoder.builtin import BUILTIN, builtin_info, builtin_path, is_builtin
 from timecycle.encoder.resnet import ResNetEncoder
+from timecycle.encoder.vit import VIT_ARCHS, ViTEncoder
+from timecycle.encoder.vit_weights import FORMAT as VIT_FORMAT
+from timecycle.encoder.vit_weights import load_vit_state, vit_arch_of, vit_state
 from timecycle.errors import UserError, first_sentence
 
-FORMATS = ("native", "torchvision", "crw", "timecycle-official")
+FORMATS = ("native", "torchvision", "crw", "timecycle-official", VIT_FORMAT)
 
 # Extra types a weights-only load may build, beyond torch's defaults (tensors, dicts, lists,
 # OrderedDict, Counter, ...). CRW: 'args': argparse.Namespace (videowalk code/train.py).
@@ -150,8 +154,11 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
         UserError: unreadable or unsafe file, unrecognised layout, or keys / shapes that do not
             fit the encoder (the message names the format and the first offending keys).
     """
+    if isinstance(encoder, ViTEncoder):
+        return _load_vit(encoder, path)
     if not isinstance(encoder, ResNetEncoder):
-        raise TypeError(f"load_weights needs a ResNetEncoder, got {type(encoder).__name__}")
+        raise TypeError(f"load_weights needs a ResNetEncoder or ViTEncoder, got "
+                        f"{type(encoder).__name__}")
     builtin = None
     if is_builtin(path):  # the package's own weights, sha256-checked against their sidecar
         path, builtin = builtin_path(encoder.arch)
@@ -188,6 +195,17 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
         path=path, format=layout.format, sha256=sha256, tensors=len(mapped),
         ignored=tuple(ignored), padding_mode=padding_mode,
     )
+
+
+def _load_vit(encoder: ViTEncoder, path: str | Path) -> WeightsInfo:
+    """DINO's ViT weights (encoder/vit_weights.py); the built-in weights are a ResNet-18's."""
+    if is_builtin(path):
+        raise UserError(f"--weights builtin is a resnet18; {encoder.arch} takes DINO's ViT "
+                        "checkpoints", BUILTIN)
+    path = Path(path)
+    tensors, ignored = load_vit_state(encoder, read_checkpoint(path), path)
+    return WeightsInfo(path=path, format=VIT_FORMAT, sha256=file_sha256(path), tensors=tensors,
+                       ignored=ignored)
 
 
 def _padding_mode(checkpoint: Any, layout: _Layout) -> str:
@@ -291,6 +309,11 @@ def _find_state_dict(
         for layout in _LAYOUTS:
             if isinstance(state.get(layout.root + layout.marker), torch.Tensor):
                 return state, layout, original
+    vit = vit_state(obj)
+    if vit is not None:
+        held = vit_arch_of(vit[0])
+        raise UserError(f"holds a DINO ViT backbone ({held or 'of an unknown size'}), not a "
+                        f"ResNet: use --encoder {held or 'vit-s16|vit-s8|vit-b16|vit-b8'}", path)
     keys = ", ".join(map(str, list(obj)[:8])) or "none"
     raise UserError(
         "not a recognised encoder checkpoint: no ResNet stem found (looked for "
@@ -453,6 +476,18 @@ def load_encoder(name: str, weights: str | Path | None = None, head: str = "auto
         if head == "yes":  # a baseline has no layers to put a head on: not silently ignored
             raise UserError(f"--head yes does not apply to the {name} baseline")
         return build_encoder(name), info
+    if name in VIT_ARCHS:
+        if head == "yes":
+            raise UserError(f"--head yes does not apply to {name}: the TimeCycle head belongs "
+                            "to a ResNet's layer3")
+        encoder = build_encoder(name, seed=seed)
+        info["head"] = False
+        if weights:
+            loaded = load_weights(encoder, weights)
+            info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
+                               "format": loaded.format, "padding_mode": loaded.padding_mode,
+                               "builtin": False}
+        return encoder, info
     with_head = head == "yes" or (head == "auto" and protocol in HEAD_PROTOCOLS
                                   and bool(weights) and checkpoint_has_head(weights))
     encoder = build_encoder(name, head=with_head, seed=seed)

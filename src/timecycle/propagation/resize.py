@@ -117,8 +117,10 @@ def label_to_ids(
         up = frame_hw
     elif protocol.output_up == "square":
         up = (protocol.size, protocol.size)
-    else:  # "stride": DINO upsamples by the patch size (8)
-        up = (h * 8, w * 8)
+    else:  # "stride": DINO upsamples by the patch size (8 or 16). Its frames are multiples of
+        # 64 (read_frame), so each side holds a whole number of cells and the stride is the
+        # frame's side over the features' (a ResNet's too: ceil(H / 8) = H / 8 there).
+        up = (h * (frame_hw[0] // h), w * (frame_hw[1] // w))
     x = F.interpolate(soft[None], size=up, mode="bilinear", align_corners=False)[0]
     if protocol.output_minmax:
         x = minmax(x)

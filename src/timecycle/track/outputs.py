@@ -4,7 +4,7 @@ streamed to disk a frame at a time.
 - `tracks.npy`: float32 (T, K, 2) pixel (x, y), NaN where a point is not predicted;
 - `tracks.csv`: `frame,id,x,y,score`, one row per frame and point (`nan` when not predicted);
 - `flow.npy`: float16 (T, 2, h, w) motion in pixels from frame 0 to each frame at every
-  stride-8 feature cell (track/propagate.py `soft_argmax_flow`).
+  feature cell (stride 8, or a ViT's patch size) (track/propagate.py `soft_argmax_flow`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ everything `timecycle track` promises into one folder.
     DIR/masks/%05d.png   palettised object ids per frame (frame 0 included), the video's size
     DIR/tracks.npy       float32 (T, K, 2) points (x, y), NaN = not predicted
     DIR/tracks.csv       frame,id,x,y,score
-    DIR/flow.npy         float16 (T, 2, h, w) motion from frame 0 per stride-8 cell (--flow)
+    DIR/flow.npy         float16 (T, 2, h, w) motion from frame 0 per feature cell (--flow)
     DIR/flow.png         the last frame's flow on the colour wheel (--flow)
     DIR/overlay.mp4      masks and points with trails (overlay.webp without an mp4 encoder)
     DIR/index.html       the page: overlay, flow, command, provenance
@@ -162,7 +162,7 @@ def track_video(
             write_image(out / "flow.png", flow_picture(frame, f, f"frame {t}: motion from frame 0"))
             flow_png = "flow.png"
             outputs["flow.npy"] = (f"float16 (T, 2, {f.shape[1]}, {f.shape[2]}) motion in pixels "
-                                   "from frame 0 at each stride-8 cell")
+                                   "from frame 0 at each feature cell")
             outputs["flow.png"] = "the last frame's flow on the colour wheel"
         overlay_path = overlay.stream.close()
         outputs[overlay_path.name] = "masks and points drawn on the frames"
