@@ -157,6 +157,35 @@ def test_frame_sizes_per_protocol() -> None:
     assert frame_size(DINO, 854, 480) == (832, 480)
 
 
+@pytest.mark.parametrize("name", ["crw", "dino"])
+def test_frames_are_prepared_as_each_protocols_code_reads_them(name) -> None:
+    import cv2
+    import numpy as np
+    from torch import nn
+
+    from timecycle.encoder.pixel import PixelEncoder
+    from timecycle.propagation.video import FrameEncoder
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 48, 90, 3), dtype=np.uint8)
+    feats, size = FrameEncoder(nn.Identity(), PROTOCOLS[name], torch.device("cpu"))(frames)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    if name == "dino":
+        # DINO's read_frame: OpenCV's 8-bit bilinear resize (short side 480, long side floored
+        # to x64), then / 255 and color_normalize with std 0.228 for red.
+        assert size == (480, 896)
+        small = np.stack([cv2.resize(f, (896, 480), interpolation=cv2.INTER_LINEAR) for f in frames])
+        std = np.array([0.228, 0.224, 0.225], np.float32)
+    else:  # CRW: the native frame, torchvision's ImageNet normalisation
+        assert size == (48, 90)
+        small, std = frames, np.array([0.229, 0.224, 0.225], np.float32)
+    expected = ((small.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
+    torch.testing.assert_close(feats, torch.from_numpy(expected), rtol=1e-5, atol=1e-5)
+    # The pixel baseline inverts the normalisation it is given: ImageNet's, under any protocol.
+    pixel = FrameEncoder(PixelEncoder(), DINO, torch.device("cpu"))
+    assert pixel.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225])
+
+
 def test_label_downsampling() -> None:
     ids = torch.zeros(16, 16, dtype=torch.long)
     ids[:, 8:] = 1

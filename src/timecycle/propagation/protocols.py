@@ -20,6 +20,11 @@ class Protocol:
     frame_resize: Literal["native", "square", "short_side"]
     size: int = 0
     multiple: int = 1
+    # Where the frame is resized: "float", the normalised frame (bilinear, no antialiasing), or
+    # "uint8", the 8-bit frame by OpenCV's INTER_LINEAR (fixed-point weights, rounded to 8 bits)
+    # before it is normalised. Normalisation: (RGB / 255 - ImageNet mean) / `pixel_std`.
+    resize_on: Literal["float", "uint8"] = "float"
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # torchvision's ImageNet std
     # Label downsampling to feature resolution: "onehot_bilinear" makes the one-hot at
     # `label_canvas` (0 = the annotation's own size; the mask is first nearest-resized to the
     # canvas) and resizes it bilinearly; "nearest_onehot" nearest-resizes the id map, then one-hot.
@@ -120,6 +125,8 @@ DINO = Protocol(
     frame_resize="short_side",
     size=480,
     multiple=64,  # long side floored to a multiple of 64
+    resize_on="uint8",  # read_frame: cv2.resize of the uint8 image, then / 255
+    pixel_std=(0.228, 0.224, 0.225),  # color_normalize's std (0.228 for red, not 0.229)
     label_down="nearest_onehot",
     n_context=7,  # --n_last_frames 7
     pad_context=False,  # DINO's queue starts empty and fills up

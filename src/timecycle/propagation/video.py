@@ -23,6 +23,7 @@ from torch import nn
 
 from timecycle.datasets.io import read_frame
 from timecycle.encoder.fold import fold_batchnorm
+from timecycle.encoder.pixel import PixelEncoder
 from timecycle.encoder.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from timecycle.errors import UserError
 from timecycle.propagation.propagator import LabelPropagator
@@ -151,17 +152,27 @@ class FrameEncoder:
         self.device = device
         self.amp = amp
         self.mean = IMAGENET_MEAN.to(device).view(1, 3, 1, 1)
-        self.std = IMAGENET_STD.to(device).view(1, 3, 1, 1)
+        # The pixel baseline reads the colours back (encoder/pixel.py): it gets the
+        # normalisation it inverts.
+        std = IMAGENET_STD if isinstance(encoder, PixelEncoder) else protocol.pixel_std
+        self.std = torch.as_tensor(std, dtype=torch.float32).to(device).view(1, 3, 1, 1)
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        size = frame_size(self.protocol, frames.shape[1], frames.shape[2])
+        if self.protocol.resize_on == "uint8" and size != frames.shape[1:3]:
+            # On the host, as DINO's read_frame: OpenCV's 8-bit bilinear differs from a float
+            # resize by rounding (weights in 1/2048, results to 8 bits).
+            import cv2  # here: inference start-up stays without OpenCV's import
+
+            frames = np.stack([cv2.resize(f, size[::-1], interpolation=cv2.INTER_LINEAR)
+                               for f in frames])
         x = torch.from_numpy(frames)
         if self.device.type == "cuda":
             # From pageable memory a copy first waits for the stream's work; pinned, it queues.
             x = x.pin_memory()
         x = x.to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255)
-        size = frame_size(self.protocol, x.shape[-2], x.shape[-1])
         x = resize_frames((x - self.mean) / self.std, size)
         # Channels last on every device: tensor cores want it, and oneDNN's CPU convolutions
         # ran the ResNet-18 encoder 21% faster in it at 480p (bench/propagate_profile.py).
