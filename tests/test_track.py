@@ -433,3 +433,17 @@ def test_jhmdb_joints_as_points_match_propagate_jhmdb(shared_data, tmp_path, cap
     got = np.load(out / "tracks.npy")
     assert got.shape == (12, inside.sum(), 2)
     np.testing.assert_allclose(got, (expected[:, inside] - 1.0).astype(np.float32), atol=1e-3)
+
+
+def test_a_vit_tracks_on_its_patch_grid(clip, tmp_path, capsys, one_thread):
+    # DINO's ViT-S/16: the flow has a cell per 16-pixel patch, and points map through it.
+    out = tmp_path / "vit"
+    code, _, err = _run(capsys, "track", str(clip / "frames"), "--mask", str(clip / "mask.png"),
+                        "--points", str(clip / "points.csv"), "--flow", "--encoder", "vit-s16",
+                        "--out", str(out), "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert np.load(out / "flow.npy").shape == (T, 2, H // 16, W // 16)
+    tracks = np.load(out / "tracks.npy")
+    assert tracks.shape == (T, 3, 2) and np.array_equal(tracks[0], POINTS.astype(np.float32))
+    masks = sorted((out / "masks").glob("*.png"))
+    assert len(masks) == T and Image.open(masks[-1]).size == (W, H)
