@@ -13,8 +13,9 @@ Writes DIR/gpu.json (every figure, every skip with its reason, every error) and 
   writing PNGs), peak GPU memory, the encoder alone at the same frame size, precision and batch
   (the bound), J&F. One sequence is timed stage by stage (stages: decoding, encoder,
   propagation steps, output, each alone and synchronised), and run on the CPU: its J&F must
-  equal the GPU's within 0.002 (cpu_check.ok). Last, crw with a random TimeCycle head (512
-  channels) on the encoder: its frames/s per channel against the plain encoder's 256.
+  equal the GPU's within 0.002 (cpu_check.ok). Then crw with a random TimeCycle head (512
+  channels) on the encoder: its frames/s per channel against the plain encoder's 256; last,
+  DINO's ViT-S/16 (random) under the dino protocol in fp32 and bf16.
 - training: bench/train.py's worker for the `small` and `full` presets at their batch sizes,
   bf16 autocast, channels_last, eager and with the tracker's cycles compiled: clips/s,
   data-wait share with every CPU core a loader worker, MFU, and the step against the

@@ -160,6 +160,13 @@ def encoder_fps(encoder, device, hw: tuple[int, int], bf16: bool, batch: int,
     return n * batch / (time.perf_counter() - t0)
 
 
+# Runs of another encoder than the plain random ResNet-18: name -> (protocol, encoder, head).
+# "crw-head": the crw protocol with a (random) TimeCycle head on the encoder, 512 channels:
+# does it propagate at least as fast per channel as the plain encoder? "dino-vit-s16": DINO's
+# ViT-S/16 (random) under its own protocol, ~2.6x the ResNet-18's arithmetic per 480p frame.
+VARIANTS = {"crw-head": ("crw", "resnet18", True), "dino-vit-s16": ("dino", "vit-s16", False)}
+
+
 def propagation(p: dict, rec: Record) -> None:
     import torch
     from propagate_profile import sync as _sync
@@ -182,7 +189,8 @@ def propagation(p: dict, rec: Record) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gpu-prop-"))
     frames_of = {n: len(full.root.sequence(n).frames) for n in names}
     h, w = full.root.sequence(names[0]).first_label()[0].shape
-    rec.set(device=str(device), encoder="resnet18, random (seed 0): no weights travel",
+    rec.set(device=str(device), encoder="resnet18 (vit-s16 where a run says so), random "
+            "(seed 0): no weights travel",
             dataset=str(full.label), sequences_available=names,
             frames_available=sum(frames_of.values()), frame_size=[h, w], runs=[])
     # Seconds of evaluation per frame (CPU), first guessed, then measured.
@@ -193,10 +201,8 @@ def propagation(p: dict, rec: Record) -> None:
         """Propagate `names_in` in order while the next sequence is predicted to end (with its
         evaluation) before `share_end`; then score what was done. `bound`: warm up first and
         time the encoder alone."""
-        # "crw-head": the crw protocol with a (random) TimeCycle head on the encoder, 512
-        # channels: does it propagate at least as fast per channel as the plain encoder?
-        head = name.endswith("-head")
-        protocol = protocols[name.removesuffix("-head")]
+        protocol_name, arch, head = VARIANTS.get(name, (name, "resnet18", False))
+        protocol = protocols[protocol_name]
         bf16 = precision == "bf16"
         features = "bf16 autocast encoder, fp32 affinities" if bf16 else "fp32"
         if device.type == "cuda" and not bf16 and torch.backends.cudnn.allow_tf32:
@@ -204,8 +210,8 @@ def propagation(p: dict, rec: Record) -> None:
         row = {"protocol": name, "precision": precision, "device": str(device),
                "features": features,
                "frame_size": list(frame_size(protocol, h, w)), "batch": 4}
-        enc = build_encoder("resnet18", head=head, seed=0)
-        row["channels"] = enc.out_channels
+        enc = build_encoder(arch, head=head, seed=0)
+        row["encoder"], row["channels"] = arch, enc.out_channels
         fe = FrameEncoder(enc, protocol, device, amp=bf16)
         if bound:
             propagate_davis(warm.root, warm.names, tmp / "warm", fe, protocol, {}, progress=False)
@@ -241,7 +247,7 @@ def propagation(p: dict, rec: Record) -> None:
 
     plan = [("crw", "fp32"), ("stages", None), ("cpu-check", None), ("crw", "bf16"),
             ("dino", "fp32"), ("dino", "bf16"), ("timecycle", "fp32"), ("timecycle", "bf16"),
-            ("crw-head", "fp32")]
+            ("crw-head", "fp32"), ("dino-vit-s16", "fp32"), ("dino-vit-s16", "bf16")]
     first: dict | None = None
     cpu = torch.device("cpu")
     try:

@@ -40,8 +40,10 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
 
     prop = report["propagation"]
     runs = {(r["protocol"], r["precision"]): r for r in prop["runs"]}
-    assert set(runs) == {(p, q) for p in ("crw", "dino", "timecycle") for q in ("fp32", "bf16")
-                         } | {("crw-head", "fp32")}
+    assert set(runs) == {(p, q) for p in ("crw", "dino", "timecycle", "dino-vit-s16")
+                         for q in ("fp32", "bf16")} | {("crw-head", "fp32")}
+    assert runs[("dino-vit-s16", "bf16")]["encoder"] == "vit-s16"
+    assert runs[("dino-vit-s16", "fp32")]["channels"] == 384
     # The TimeCycle head's 512 channels against the plain encoder's 256, per channel.
     assert runs[("crw-head", "fp32")]["channels"] == 512 and runs[("crw", "fp32")]["channels"] == 256
     for r in runs.values():
