@@ -28,7 +28,6 @@ from timecycle.engine.logging import read_metrics
 from timecycle.engine.train import train
 from timecycle.errors import UserError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -25,7 +25,6 @@ from timecycle.engine.signals import EXIT_STOPPED, stop_on_signals
 from timecycle.engine.train import train
 from timecycle.errors import UserError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
