@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from timecycle.cli import main
 from timecycle.encoder import build_encoder
 from timecycle.encoder.vit import VIT_ARCHS, ViTEncoder
 from timecycle.encoder.weights import load_encoder, load_weights
@@ -149,19 +148,13 @@ def test_dino_output_upsamples_by_the_patch_size(stride, monkeypatch):
     assert int(ids[:, :400].max()) == 0 and int(ids[:, 460:].min()) == 1
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize("protocol, sequences", [("crw", "synth00,synth01"), ("dino", "synth00")])
 def test_propagate_davis_with_a_dino_checkpoint(protocol, sequences, synthetic_davis, tmp_path,
                                                 capsys):
     weights = tmp_path / "dino_deitsmall16_pretrain.pth"
     torch.save(build_encoder("vit-s16", seed=1).state_dict(), weights)
     out = tmp_path / "res"
-    code, _, err = _run(capsys, "propagate", "davis", "--root", str(synthetic_davis), "--out",
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", str(synthetic_davis), "--out",
                         str(out), "--device", "cpu", "--quiet", "--encoder", "vit-s16",
                         "--weights", str(weights), "--protocol", protocol, "--sequences",
                         sequences, "--evaluate")
@@ -178,7 +171,7 @@ def test_propagate_davis_with_a_dino_checkpoint(protocol, sequences, synthetic_d
 
 
 def test_head_yes_with_a_vit_is_one_line(synthetic_davis, tmp_path, capsys):
-    code, _, err = _run(capsys, "propagate", "davis", "--root", str(synthetic_davis), "--out",
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", str(synthetic_davis), "--out",
                         str(tmp_path / "res"), "--device", "cpu", "--quiet", "--encoder",
                         "vit-s16", "--head", "yes")
     assert_one_line_error(code, err, "--head yes does not apply to vit-s16")
