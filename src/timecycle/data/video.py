@@ -320,6 +320,25 @@ def read_video_frames(
     return np.stack([frames[int(i)] for i in indices])
 
 
+# PyAV >= 18.1.1 scales with a pool of libswscale slice threads (its `threads`, 0 = one per
+# core) and keeps the context: a DataLoader worker forked after the parent converted frames
+# inherits it without its threads and waits on them forever (seen in CI: workers stuck in
+# sws_scale_frame). One thread: the loader's workers are the parallelism, as for OpenCV.
+_SWS_THREADS: dict = {"threads": 1}
+
+
+def frame_to_rgb(frame, **resize) -> np.ndarray:
+    """A decoded PyAV frame -> (H, W, 3) uint8 RGB, scaled single-threaded (`resize`: width,
+    height, interpolation, as PyAV's reformat takes them)."""
+    try:
+        return frame.to_ndarray(format="rgb24", **resize, **_SWS_THREADS)
+    except TypeError:  # a PyAV without `threads` (before 14) scales in one thread anyway
+        if not _SWS_THREADS:
+            raise
+        _SWS_THREADS.clear()
+        return frame.to_ndarray(format="rgb24", **resize)
+
+
 def _decode_wanted(container, stream, want, short_side, timed, seek):
     """Decode frames `want` (sorted) -> ({index: (H, W, 3) uint8}, (first, last) index output
     by the decoder): the span shows how much was decoded.
@@ -358,8 +377,7 @@ def _decode_wanted(container, stream, want, short_side, timed, seek):
             if pos < want[k]:
                 continue  # decoded but never converted
             width, height = resized_size(frame.width, frame.height, short_side)
-            arr = frame.to_ndarray(format="rgb24", width=width, height=height,
-                                   interpolation="AREA")
+            arr = frame_to_rgb(frame, width=width, height=height, interpolation="AREA")
             while k < len(want) and pos >= want[k]:
                 frames[want[k]] = arr
                 k += 1

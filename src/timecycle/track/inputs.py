@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timecycle.data.video import END_SLACK, VIDEO_SUFFIXES, declared_frames
+from timecycle.data.video import END_SLACK, VIDEO_SUFFIXES, declared_frames, frame_to_rgb
 from timecycle.datasets.io import frame_files, read_mask
 from timecycle.errors import UserError
 from timecycle.propagation.video import read_frames
@@ -88,7 +88,7 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
         size, count = None, 0
         try:
             for frame in container.decode(stream):
-                rgb = frame.to_ndarray(format="rgb24")
+                rgb = frame_to_rgb(frame)
                 if size is None:
                     size = rgb.shape
                 elif rgb.shape != size:
