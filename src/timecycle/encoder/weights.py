@@ -367,20 +367,12 @@ def load_encoder(name: str, weights: str | Path | None = None, head: str = "auto
         if head == "yes":  # a baseline has no layers to put a head on: not silently ignored
             raise UserError(f"--head yes does not apply to the {name} baseline")
         return build_encoder(name), info
-    if name in VIT_ARCHS:
-        if head == "yes":
-            raise UserError(f"--head yes does not apply to {name}: the TimeCycle head belongs "
-                            "to a ResNet's layer3")
-        encoder = build_encoder(name, seed=seed)
-        info["head"] = False
-        if weights:
-            loaded = load_weights(encoder, weights)
-            info["weights"] = {"path": str(loaded.path.resolve()), "sha256": loaded.sha256,
-                               "format": loaded.format, "padding_mode": loaded.padding_mode,
-                               "builtin": False}
-        return encoder, info
-    with_head = head == "yes" or (head == "auto" and protocol in HEAD_PROTOCOLS
-                                  and bool(weights) and checkpoint_has_head(weights))
+    if name in VIT_ARCHS and head == "yes":
+        raise UserError(f"--head yes does not apply to {name}: the TimeCycle head belongs "
+                        "to a ResNet's layer3")
+    with_head = name not in VIT_ARCHS and (
+        head == "yes" or (head == "auto" and protocol in HEAD_PROTOCOLS and bool(weights)
+                          and checkpoint_has_head(weights)))
     encoder = build_encoder(name, head=with_head, seed=seed)
     info["head"] = with_head
     if weights:
