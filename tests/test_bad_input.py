@@ -13,22 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 from timecycle.cli import main
 from timecycle.errors import UserError
 
 NOT_UTF8 = b"\xff\xfe\x00\x81 not text\n"
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _propagate(capsys, root: Path, out: Path, *extra) -> tuple[int, str, str]:
-    return _run(capsys, "propagate", "davis", "--root", root, "--out", out, "--encoder", "pixel",
-                "--device", "cpu", "--quiet", *extra)
+    return run_cli(capsys, "propagate", "davis", "--root", root, "--out", out, "--encoder", "pixel",
+                   "--device", "cpu", "--quiet", *extra)
 
 
 # ------------------------------------------------------------------ sequence lists, folders
@@ -176,8 +170,8 @@ def test_scores_that_cannot_be_written_leave_no_half_set(synthetic_davis, tmp_pa
     out = tmp_path / "o"
     assert _propagate(capsys, synthetic_davis, out)[0] == 0
     (out / "per-sequence_results-val.csv").mkdir()
-    code, _, err = _run(capsys, "evaluate", "davis", "--root", synthetic_davis, "--results", out,
-                        "--quiet")
+    code, _, err = run_cli(capsys, "evaluate", "davis", "--root", synthetic_davis, "--results", out,
+                           "--quiet")
     assert_one_line_error(code, err, "per-sequence_results-val.csv", "cannot write")
     assert not (out / "global_results-val.csv").exists()
 
@@ -252,7 +246,7 @@ SIZE_COMMANDS = {
 def test_sizes_below_one_are_refused_first(command, flag, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [a.format(d=tmp_path) for a in SIZE_COMMANDS[command]]
-    code, _, err = _run(capsys, *argv, "--encoder", "pixel", "--out", out, *flag)
+    code, _, err = run_cli(capsys, *argv, "--encoder", "pixel", "--out", out, *flag)
     assert_one_line_error(code, err, flag[0], "must be >= 1")
     assert not out.exists()
 
@@ -262,7 +256,7 @@ def test_a_tile_too_large_is_refused_first(command, tmp_path, capsys):
     # A tile as large as the frame asked for a window product of hundreds of GB.
     out = tmp_path / "out"
     argv = [a.format(d=tmp_path) for a in SIZE_COMMANDS[command]]
-    code, _, err = _run(capsys, *argv, "--encoder", "pixel", "--out", out, "--tile", "300")
+    code, _, err = run_cli(capsys, *argv, "--encoder", "pixel", "--out", out, "--tile", "300")
     assert_one_line_error(code, err, "--tile must be <= 32, got 300")
     assert not out.exists()
 
@@ -270,8 +264,8 @@ def test_a_tile_too_large_is_refused_first(command, tmp_path, capsys):
 @pytest.mark.parametrize("encoder", ["pixel", "identity"])
 def test_a_head_on_a_baseline_is_refused(encoder, synthetic_davis, tmp_path, capsys):
     out = tmp_path / "o"
-    code, _, err = _run(capsys, "propagate", "davis", "--root", synthetic_davis, "--out", out,
-                        "--encoder", encoder, "--head", "yes", "--device", "cpu", "--quiet")
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", synthetic_davis, "--out", out,
+                           "--encoder", encoder, "--head", "yes", "--device", "cpu", "--quiet")
     assert_one_line_error(code, err, "--head yes", encoder)
     assert not out.exists()
 
@@ -282,8 +276,8 @@ def test_a_head_on_a_baseline_is_refused(encoder, synthetic_davis, tmp_path, cap
 ])
 def test_texture_options_out_of_range(flags, tmp_path, capsys):
     out = tmp_path / "fig"
-    code, _, err = _run(capsys, "visualize", "texture", "--video", tmp_path / "clip.mp4",
-                        "--encoder", "pixel", "--out", out, *flags)
+    code, _, err = run_cli(capsys, "visualize", "texture", "--video", tmp_path / "clip.mp4",
+                           "--encoder", "pixel", "--out", out, *flags)
     assert_one_line_error(code, err, flags[-2])
     assert not out.exists()
 
@@ -316,7 +310,7 @@ def test_usage_errors_are_one_line_too(argv, needle, capsys):
 def test_report_options_out_of_range(flags, tmp_path, capsys):
     results = tmp_path / "res"
     results.mkdir()
-    code, _, err = _run(capsys, "report", results, *flags)
+    code, _, err = run_cli(capsys, "report", results, *flags)
     assert_one_line_error(code, err, flags[0])
     assert not (results / "report").exists()
 
@@ -340,7 +334,7 @@ def test_report_on_damaged_results_files(case, tmp_path, capsys):
     results = tmp_path / "res"
     results.mkdir()
     (results / name).write_bytes(data)
-    code, _, err = _run(capsys, "report", results, "--format", "gif")
+    code, _, err = run_cli(capsys, "report", results, "--format", "gif")
     assert_one_line_error(code, err, *needles)
     assert not (results / "report").exists()
 
@@ -349,7 +343,7 @@ def test_report_on_a_damaged_jhmdb_prediction(tmp_path, capsys):
     results = tmp_path / "res"
     (results / "catch").mkdir(parents=True)
     (results / "catch" / "video.npy").write_bytes(b"not an npy file")
-    code, _, err = _run(capsys, "report", results, "--format", "gif")
+    code, _, err = run_cli(capsys, "report", results, "--format", "gif")
     assert_one_line_error(code, err, "video.npy", "cannot read the prediction")
     assert not (results / "report").exists()
 
@@ -365,7 +359,7 @@ def test_training_report_with_undecodable_metrics(tmp_path, capsys):
     run = _training_run(tmp_path / "run")
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(NOT_UTF8)
-    code, _, err = _run(capsys, "report", run)
+    code, _, err = run_cli(capsys, "report", run)
     assert_one_line_error(code, err, "metrics.jsonl", "cannot read the metrics file")
     assert not (run / "report").exists()
 
@@ -373,7 +367,7 @@ def test_training_report_with_undecodable_metrics(tmp_path, capsys):
 def test_training_report_shows_an_undecodable_config_as_text(tmp_path, capsys):
     run = _training_run(tmp_path / "run")
     (run / "config.json").write_bytes(NOT_UTF8)
-    code, _, err = _run(capsys, "report", run)
+    code, _, err = run_cli(capsys, "report", run)
     assert code == 0, err
     assert "<h2>Config</h2>" in (run / "report" / "index.html").read_text()
 
@@ -396,8 +390,8 @@ def test_points_prediction_that_is_not_an_array_of_numbers(kind, tmp_path, capsy
     else:
         np.save(pred, np.full((3, 2, 2), "x"))
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "evaluate", "points", "--gt", _points_gt(tmp_path / "gt.json"),
-                        "--pred", pred, "--out", out)
+    code, _, err = run_cli(capsys, "evaluate", "points", "--gt", _points_gt(tmp_path / "gt.json"),
+                           "--pred", pred, "--out", out)
     assert_one_line_error(code, err, "tracks.npy")
     assert not out.exists()
 
@@ -438,8 +432,8 @@ def test_track_refuses_a_video_cut_short(tmp_path, capsys):
     assert FrameStream(video).first().shape == (64, 96, 3)  # it opens and starts decoding
     (tmp_path / "points.csv").write_text("id,x,y\na,40,30\n")
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "track", video, "--points", tmp_path / "points.csv", "--encoder",
-                        "pixel", "--device", "cpu", "--out", out, "--quiet")
+    code, _, err = run_cli(capsys, "track", video, "--points", tmp_path / "points.csv", "--encoder",
+                           "pixel", "--device", "cpu", "--out", out, "--quiet")
     assert_one_line_error(code, err, "cut.mp4", "truncated")
     assert not out.exists()
     # The other commands given one video: a figure or a demo of its first frames alone would
@@ -449,7 +443,7 @@ def test_track_refuses_a_video_cut_short(tmp_path, capsys):
     Image.fromarray(np.pad(np.ones((20, 20), np.uint8), 20), "L").save(tmp_path / "m.png")
     for argv in (["visualize", "texture", "--video", video, "--encoder", "pixel"],
                  ["demo", "--video", video, "--mask", tmp_path / "m.png", "--steps", "1"]):
-        code, _, err = _run(capsys, *argv, "--device", "cpu", "--out", out)
+        code, _, err = run_cli(capsys, *argv, "--device", "cpu", "--out", out)
         assert_one_line_error(code, err, "cut.mp4", "of the 30 frames its header declares")
         assert not out.exists()
 
@@ -462,8 +456,8 @@ def test_evaluate_davis_on_a_damaged_provenance_file(data, needle, synthetic_dav
     out = tmp_path / "res"
     assert _propagate(capsys, synthetic_davis, out, "--encoder", "identity")[0] == 0
     (out / "propagation.json").write_bytes(data)
-    code, _, err = _run(capsys, "evaluate", "davis", "--root", synthetic_davis, "--results", out,
-                        "--quiet")
+    code, _, err = run_cli(capsys, "evaluate", "davis", "--root", synthetic_davis, "--results", out,
+                           "--quiet")
     assert_one_line_error(code, err, "propagation.json", needle)
     assert not (out / "global_results-val.csv").exists()
 
@@ -486,8 +480,8 @@ def test_jhmdb_frames_fewer_than_the_annotated_ones(tmp_path, capsys):
     mat.parent.mkdir(parents=True)
     scipy.io.savemat(mat, {"pos_img": np.full((2, 15, 5), 10.0)})
     out = tmp_path / "o"
-    code, _, err = _run(capsys, "propagate", "jhmdb", "--root", root, "--out", out,
-                        "--encoder", "pixel", "--device", "cpu", "--quiet")
+    code, _, err = run_cli(capsys, "propagate", "jhmdb", "--root", root, "--out", out,
+                           "--encoder", "pixel", "--device", "cpu", "--quiet")
     assert_one_line_error(code, err, "catch/a", "3 frames", "annotates 5")
     assert not (out / "catch").exists() and not (out / "propagation.json").exists()
 
@@ -502,8 +496,8 @@ def test_vip_results_inside_its_inputs_are_refused(tmp_path, capsys):
     write_vip_root(root, 1, seed=0, n_frames=4, height=32, width=48, every=3)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     for inside in ("Annotations/Category_ids", "Images"):
-        code, _, err = _run(capsys, "propagate", "vip", "--root", root, "--out", root / inside,
-                            "--encoder", "pixel", "--device", "cpu", "--quiet", "--evaluate")
+        code, _, err = run_cli(capsys, "propagate", "vip", "--root", root, "--out", root / inside,
+                               "--encoder", "pixel", "--device", "cpu", "--quiet", "--evaluate")
         assert_one_line_error(code, err, "input folder")
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
 
@@ -526,8 +520,8 @@ def test_track_results_into_the_frame_folder_are_refused(tmp_path, capsys):
     mask = np.zeros((32, 48), np.uint8)
     mask[8:20, 8:20] = 1
     Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
-    code, _, err = _run(capsys, "track", frames, "--mask", tmp_path / "m.png", "--encoder", "pixel",
-                        "--out", frames, "--quiet")
+    code, _, err = run_cli(capsys, "track", frames, "--mask", tmp_path / "m.png", "--encoder", "pixel",
+                           "--out", frames, "--quiet")
     assert_one_line_error(code, err, "frame folder")
     assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00001.png", "00002.png"]
 
@@ -536,10 +530,10 @@ def test_texture_results_into_the_frame_folder_are_refused(tmp_path, capsys):
     # texture_strip.png and texture.webp among the frames broke the next run on the folder
     # (a 644x176 "frame"), and a DAVIS sequence gained two frames.
     frames = _three_frames(tmp_path)
-    code, _, err = _run(capsys, "visualize", "texture", "--video", frames, "--encoder", "pixel",
-                        "--device", "cpu", "--out", frames)
+    code, _, err = run_cli(capsys, "visualize", "texture", "--video", frames, "--encoder", "pixel",
+                           "--device", "cpu", "--out", frames)
     assert_one_line_error(code, err, "frame folder")
     assert sorted(p.name for p in frames.iterdir()) == ["00000.png", "00001.png", "00002.png"]
-    code, _, err = _run(capsys, "visualize", "texture", "--video", frames, "--encoder", "pixel",
-                        "--device", "cpu", "--step", "3", "--out", tmp_path / "fig")
+    code, _, err = run_cli(capsys, "visualize", "texture", "--video", frames, "--encoder", "pixel",
+                           "--device", "cpu", "--step", "3", "--out", tmp_path / "fig")
     assert_one_line_error(code, err, str(frames), "--step 3 picks frame 0 alone")

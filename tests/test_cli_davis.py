@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from timecycle.cli import main
 from timecycle.datasets.io import read_mask, write_mask
-from helpers import assert_one_line_error
-
-
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from helpers import assert_one_line_error, run_cli
 
 
 def _propagate(capsys, root: Path, out: Path, *extra: str) -> tuple[int, str, str]:
-    return _run(capsys, "propagate", "davis", "--root", str(root), "--out", str(out),
-                "--device", "cpu", "--quiet", *extra)
+    return run_cli(capsys, "propagate", "davis", "--root", str(root), "--out", str(out),
+                   "--device", "cpu", "--quiet", *extra)
 
 
 def _copy_root(src: Path, dst: Path) -> Path:
@@ -117,9 +110,9 @@ def test_bf16_is_for_a_network_only(encoder, synthetic_davis, tmp_path, capsys, 
     pngs = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        code, _, err = _run(capsys, "propagate", "davis", "--root", str(synthetic_davis),
-                            "--out", str(out), "--device", "cpu", "--encoder", encoder,
-                            "--sequences", "synth00", "--precision", precision)
+        code, _, err = run_cli(capsys, "propagate", "davis", "--root", str(synthetic_davis),
+                               "--out", str(out), "--device", "cpu", "--encoder", encoder,
+                               "--sequences", "synth00", "--precision", precision)
         assert code == 0 and "note" not in err, err
         prov = json.loads((out / "propagation.json").read_text())
         assert prov["precision"] == "fp32" and "notes" not in prov
@@ -135,9 +128,9 @@ def test_bf16_on_an_emulating_cpu_is_noted_and_recorded(native, synthetic_davis,
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     out = tmp_path / "res"
     # Without --quiet, so that the note is printed.
-    code, _, err = _run(capsys, "propagate", "davis", "--root", str(synthetic_davis), "--out",
-                        str(out), "--device", "cpu", "--encoder", "resnet18", "--sequences",
-                        "synth00", "--precision", "bf16")
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", str(synthetic_davis), "--out",
+                           str(out), "--device", "cpu", "--encoder", "resnet18", "--sequences",
+                           "synth00", "--precision", "bf16")
     assert code == 0, err
     noted = "timecycle: note: bf16 on this CPU is emulated" in err
     assert noted == (not native)
@@ -153,7 +146,7 @@ def test_evaluate_rescores_and_never_reuses_stale_results(synthetic_davis, tmp_p
     seq = "synth00"
     p = sorted((out / seq).iterdir())[3]
     write_mask(p, np.zeros_like(read_mask(p)))
-    code, _, _ = _run(capsys, "evaluate", "davis", "--root", str(synthetic_davis), "--results", str(out), "--quiet")
+    code, _, _ = run_cli(capsys, "evaluate", "davis", "--root", str(synthetic_davis), "--results", str(out), "--quiet")
     assert code == 0
     assert (out / "global_results-val.csv").read_text() != first
     # A new propagation into the folder removes the old evaluation before writing.
@@ -180,19 +173,19 @@ def test_evaluate_scores_a_results_folder_as_it_was_propagated(synthetic_davis, 
     (out / "global_results-val.csv").unlink()
     moved = Path(shutil.move(root, tmp_path / "moved"))  # relative: found under a new --root
     for extra in ([], ["--root", str(moved)]):
-        code, stdout, err = _run(capsys, "evaluate", "davis", "--results", str(out), "--quiet",
-                                 *extra)
+        code, stdout, err = run_cli(capsys, "evaluate", "davis", "--results", str(out), "--quiet",
+                                    *extra)
         if not extra:  # the recorded root is gone
             assert_one_line_error(code, err, "DAVIS root folder not found", str(root))
             continue
         assert code == 0 and (out / "global_results-val.csv").read_text() == scored
         assert "--sequences synth01, --year 2017, --annotations Annotations_alt/480p" in err
     # Given options win over the record: the default annotations score it lower.
-    code, stdout, _ = _run(capsys, "evaluate", "davis", "--results", str(out), "--quiet",
-                           "--root", str(moved), "--annotations", str(moved / "Annotations/480p"))
+    code, stdout, _ = run_cli(capsys, "evaluate", "davis", "--results", str(out), "--quiet",
+                              "--root", str(moved), "--annotations", str(moved / "Annotations/480p"))
     assert code == 0 and "J&F-Mean 1.0000" not in stdout
     (out / "propagation.json").unlink()
-    code, _, err = _run(capsys, "evaluate", "davis", "--results", str(out))
+    code, _, err = run_cli(capsys, "evaluate", "davis", "--results", str(out))
     assert_one_line_error(code, err, "pass --root", str(out))
 
 
@@ -220,7 +213,7 @@ def test_unknown_protocol(synthetic_davis, tmp_path, capsys):
 
 
 def test_evaluate_names_a_missing_results_folder_first(tmp_path, capsys):
-    code, _, err = _run(capsys, "evaluate", "davis", "--results", str(tmp_path / "nosuch"))
+    code, _, err = run_cli(capsys, "evaluate", "davis", "--results", str(tmp_path / "nosuch"))
     assert_one_line_error(code, err, "nosuch", "results folder not found")  # not "pass --root"
 
 
@@ -248,8 +241,8 @@ def test_results_inside_the_datasets_inputs_are_refused(inside, synthetic_davis,
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     code, _, err = _propagate(capsys, root, root / inside, "--encoder", "pixel", "--evaluate")
     assert_one_line_error(code, err, str(root / inside), "input folder")
-    code, _, err = _run(capsys, "evaluate", "davis", "--root", str(root), "--results",
-                        str(root / inside))
+    code, _, err = run_cli(capsys, "evaluate", "davis", "--root", str(root), "--results",
+                           str(root / inside))
     assert_one_line_error(code, err, "input folder" if (root / inside).is_dir()
                           else "results folder not found")
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
@@ -265,7 +258,7 @@ def test_an_annotation_without_its_frame_is_refused(synthetic_davis, tmp_path, c
     code, _, err = _propagate(capsys, root, done, "--encoder", "pixel")
     assert code == 0, err
     (root / "JPEGImages/480p/synth01/00004.jpg").unlink()
-    code, _, err = _run(capsys, "evaluate", "davis", "--results", str(done), "--root", str(root))
+    code, _, err = run_cli(capsys, "evaluate", "davis", "--results", str(done), "--root", str(root))
     assert_one_line_error(code, err, "synth01", "1 annotation(s) have no frame", "00004.png")
     out = tmp_path / "o"
     code, _, err = _propagate(capsys, root, out, "--encoder", "pixel", "--evaluate")
@@ -314,7 +307,7 @@ def test_prediction_with_unknown_object_id(synthetic_davis, tmp_path, capsys):
     mask = read_mask(p)
     mask[0, 0] = 9
     write_mask(p, mask)
-    code, _, err = _run(capsys, "evaluate", "davis", "--root", str(synthetic_davis), "--results", str(out), "--quiet")
+    code, _, err = run_cli(capsys, "evaluate", "davis", "--root", str(synthetic_davis), "--results", str(out), "--quiet")
     assert_one_line_error(code, err, "9")
 
 

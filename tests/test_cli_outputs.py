@@ -14,17 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from timecycle.cli import main
 from timecycle.datasets.io import write_mask
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 
 JHMDB_VIDEO = "catch/Goal_Keeping_Tips_catch_f_cm_np1_fr_med_2"
-
-
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _frame_folder(folder: Path, n: int = 4, h: int = 40, w: int = 56) -> Path:
@@ -66,10 +59,10 @@ def test_out_naming_a_file_is_one_line(command, synthetic_davis, tmp_path, capsy
     target = tmp_path / "taken.txt"
     target.write_text("keep me\n")
     argv = COMMANDS[command](tmp_path, synthetic_davis) + ["--out", target]
-    code, _, err = _run(capsys, argv)
+    code, _, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, str(target), "not a folder")
     assert target.read_text() == "keep me\n"
-    code, _, err = _run(capsys, COMMANDS[command](tmp_path, synthetic_davis) + ["--out", target / "sub"])
+    code, _, err = run_cli(capsys, *COMMANDS[command](tmp_path, synthetic_davis) + ["--out", target / "sub"])
     assert_one_line_error(code, err, str(target / "sub"), "is a file")
 
 
@@ -86,7 +79,7 @@ def test_out_in_an_unwritable_folder_is_one_line(command, synthetic_davis, tmp_p
         locked.chmod(0o555)
     try:
         argv = COMMANDS[command](tmp_path, synthetic_davis) + ["--out", locked / "out"]
-        code, _, err = _run(capsys, argv)
+        code, _, err = run_cli(capsys, *argv)
     finally:
         locked.chmod(0o755)
     assert_one_line_error(code, err, str(locked / "out"), "cannot write")
@@ -103,8 +96,8 @@ def test_a_write_error_inside_out_is_one_line(synthetic_davis, tmp_path, capsys,
 
     monkeypatch.setattr(results, "write_mask", full)
     out = tmp_path / "o"
-    code, _, err = _run(capsys, ["propagate", "davis", "--root", synthetic_davis, "--encoder",
-                                 "identity", "--out", out, "--quiet"])
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", synthetic_davis, "--encoder",
+                           "identity", "--out", out, "--quiet")
     assert_one_line_error(code, err, "No space left on device", str(out))
     assert not out.exists()
 
@@ -125,8 +118,8 @@ def test_propagate_davis_failure_leaves_nothing(existing, synthetic_davis, tmp_p
         out.mkdir()
         (out / "notes.txt").write_text("mine")
     # progress bars on: the error must still start on its own line (not on a bar's)
-    code, _, err = _run(capsys, ["propagate", "davis", "--root", root, "--encoder", "pixel",
-                                 "--device", "cpu", "--out", out])
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", root, "--encoder", "pixel",
+                           "--device", "cpu", "--out", out)
     assert_one_line_error(code, err, "00004.jpg")
     if existing:
         assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no .partial-*, no synth00
@@ -141,7 +134,7 @@ def test_a_failed_rerun_leaves_the_previous_results_whole(synthetic_davis, tmp_p
     out = tmp_path / "o"
     argv = ["propagate", "davis", "--root", root, "--device", "cpu", "--quiet", "--out", out,
             "--evaluate"]
-    assert _run(capsys, argv + ["--encoder", "pixel"])[0] == 0
+    assert run_cli(capsys, *argv + ["--encoder", "pixel"])[0] == 0
 
     def snapshot() -> dict[str, bytes]:
         return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
@@ -150,12 +143,12 @@ def test_a_failed_rerun_leaves_the_previous_results_whole(synthetic_davis, tmp_p
     first = snapshot()
     assert "propagation.json" in first and "synth00/00003.png" in first
     _truncate(root / "JPEGImages/480p/synth02/00004.jpg")  # the last sequence fails
-    code, _, err = _run(capsys, argv + ["--encoder", "pixel", "--protocol", "dino"])
+    code, _, err = run_cli(capsys, *argv + ["--encoder", "pixel", "--protocol", "dino"])
     assert_one_line_error(code, err, "00004.jpg")
     assert snapshot() == first  # synth00 and synth01 put back, scores and provenance too
     shutil.copy(synthetic_davis / "JPEGImages/480p/synth02/00004.jpg",
                 root / "JPEGImages/480p/synth02/00004.jpg")
-    assert _run(capsys, argv + ["--encoder", "pixel", "--protocol", "dino"])[0] == 0
+    assert run_cli(capsys, *argv + ["--encoder", "pixel", "--protocol", "dino"])[0] == 0
     assert snapshot() != first and not list(out.glob(".*"))  # replaced, nothing set aside
 
 
@@ -192,11 +185,11 @@ def test_a_failed_track_rerun_leaves_the_previous_run_whole(tmp_path, capsys):
     out = tmp_path / "t"
     argv = ["track", frames, "--points", tmp_path / "p.csv", "--encoder", "pixel", "--device",
             "cpu", "--quiet", "--out", out]
-    assert _run(capsys, argv)[0] == 0
+    assert run_cli(capsys, *argv)[0] == 0
     before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert "track.json" in before and "tracks.npy" in before
     _truncate(frames / "00004.png")
-    code, _, err = _run(capsys, argv + ["--flow"])
+    code, _, err = run_cli(capsys, *argv + ["--flow"])
     assert_one_line_error(code, err, "00004.png")
     after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # track.json, tracks, overlay and page put back; no flow.npy
@@ -204,17 +197,17 @@ def test_a_failed_track_rerun_leaves_the_previous_run_whole(tmp_path, capsys):
     first.paste(1, (10, 10, 30, 30))
     first.save(tmp_path / "m.png")
     shutil.copy(frames / "00003.png", frames / "00004.png")
-    assert _run(capsys, argv[:2] + ["--mask", tmp_path / "m.png"] + argv[4:])[0] == 0
+    assert run_cli(capsys, *argv[:2] + ["--mask", tmp_path / "m.png"] + argv[4:])[0] == 0
     assert (out / "masks").is_dir() and not (out / "tracks.npy").exists()  # none left over
-    assert _run(capsys, argv)[0] == 0
+    assert run_cli(capsys, *argv)[0] == 0
     assert not (out / "masks").exists() and not list(out.glob(".*"))
 
 
 def test_names_are_taken_once_in_their_plain_form(synthetic_davis, tmp_path, capsys):
     out = tmp_path / "o"
-    code, _, err = _run(capsys, ["propagate", "davis", "--root", synthetic_davis, "--encoder",
-                                 "identity", "--quiet", "--out", out, "--sequences",
-                                 "synth00,./synth00/,synth01,synth00"])
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", synthetic_davis, "--encoder",
+                           "identity", "--quiet", "--out", out, "--sequences",
+                           "synth00,./synth00/,synth01,synth00")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["propagation.json", "synth00", "synth01"]
     record = json.loads((out / "propagation.json").read_text())
@@ -250,8 +243,8 @@ def test_propagate_vip_failure_leaves_nothing(tmp_path, capsys):
     frames = sorted(p for p in (root / "Images").rglob("*") if p.is_file())
     _truncate(frames[-2])  # in the second video, after the first is written
     out = tmp_path / "o"
-    code, _, err = _run(capsys, ["propagate", "vip", "--root", root, "--encoder", "pixel",
-                                 "--device", "cpu", "--out", out])
+    code, _, err = run_cli(capsys, "propagate", "vip", "--root", root, "--encoder", "pixel",
+                           "--device", "cpu", "--out", out)
     assert_one_line_error(code, err, frames[-2].name)
     assert not out.exists()
 
@@ -266,8 +259,8 @@ def test_propagate_jhmdb_failure_leaves_nothing(shared_data, tmp_path, capsys):
     bad = sorted((root / "Rename_Images" / JHMDB_VIDEO).iterdir())[5]
     _truncate(bad)
     out = tmp_path / "o"
-    code, _, err = _run(capsys, ["propagate", "jhmdb", "--root", root, "--videos", JHMDB_VIDEO,
-                                 "--encoder", "pixel", "--device", "cpu", "--out", out, "--quiet"])
+    code, _, err = run_cli(capsys, "propagate", "jhmdb", "--root", root, "--videos", JHMDB_VIDEO,
+                           "--encoder", "pixel", "--device", "cpu", "--out", out, "--quiet")
     assert_one_line_error(code, err, bad.name)
     assert not out.exists()
 
@@ -282,8 +275,8 @@ def test_train_failure_leaves_nothing(case, tmp_path, capsys):
     out = tmp_path / "run"
     if case == "existing":
         out.mkdir()
-    code, _, err = _run(capsys, ["train", "--data", data, "--out", out, "--preset", "small",
-                                 "--steps", "1", "--workers", "0", "--device", "cpu"])
+    code, _, err = run_cli(capsys, "train", "--data", data, "--out", out, "--preset", "small",
+                           "--steps", "1", "--workers", "0", "--device", "cpu")
     assert_one_line_error(code, err)
     if case == "existing":
         assert list(out.iterdir()) == []  # no video_index.json, config.json, tb/
@@ -294,9 +287,9 @@ def test_train_failure_leaves_nothing(case, tmp_path, capsys):
 def test_train_warnings_are_one_plain_line(data, tmp_path, capsys):
     mixed = Path(shutil.copytree(data, tmp_path / "data"))
     (mixed / "broken.mp4").write_bytes(b"not a video")
-    code, _, err = _run(capsys, ["train", "--data", mixed, "--out", tmp_path / "run", "--preset",
-                                 "small", "--steps", "1", "--batch-size", "2", "--workers", "0",
-                                 "--device", "cpu", "--fps", "native", "--quiet"])
+    code, _, err = run_cli(capsys, "train", "--data", mixed, "--out", tmp_path / "run", "--preset",
+                           "small", "--steps", "1", "--batch-size", "2", "--workers", "0",
+                           "--device", "cpu", "--fps", "native", "--quiet")
     assert code == 0, err
     lines = [ln for ln in err.splitlines() if "broken.mp4" in ln]
     assert len(lines) == 1 and lines[0].startswith("timecycle: warning: "), err
@@ -317,10 +310,10 @@ def test_train_interrupted_after_a_checkpoint_keeps_it(data, tmp_path, capsys, m
     monkeypatch.setattr(engine.MetricsLog, "write", interrupt_at_step_2)
     argv = ["train", "--data", data, "--preset", "small", "--steps", "4", "--log-every", "1",
             "--batch-size", "2", "--workers", "0", "--device", "cpu", "--fps", "native", "--quiet"]
-    code, _, err = _run(capsys, argv + ["--out", tmp_path / "run", "--save-every", "1"])
+    code, _, err = run_cli(capsys, *argv + ["--out", tmp_path / "run", "--save-every", "1"])
     assert code == 130 and err.strip().splitlines()[-1] == "timecycle: interrupted"
     assert (tmp_path / "run" / "step-000001.pt").is_file()
-    code, _, _ = _run(capsys, argv + ["--out", tmp_path / "unsaved", "--save-every", "3"])
+    code, _, _ = run_cli(capsys, *argv + ["--out", tmp_path / "unsaved", "--save-every", "3"])
     assert code == 130 and not (tmp_path / "unsaved").exists()
 
 
@@ -334,8 +327,8 @@ def test_demo_with_an_unreadable_clip_leaves_nothing(video, tmp_path, capsys):
     mask = tmp_path / "mask.png"
     write_mask(mask, np.zeros((40, 56), np.uint8))
     out = tmp_path / "demo"
-    code, _, err = _run(capsys, ["demo", "--out", out, "--video", src, "--mask", mask,
-                                 "--steps", "1", "--device", "cpu"])
+    code, _, err = run_cli(capsys, "demo", "--out", out, "--video", src, "--mask", mask,
+                           "--steps", "1", "--device", "cpu")
     assert_one_line_error(code, err, video)
     assert not out.exists()
 
@@ -344,7 +337,7 @@ def test_report_failure_leaves_nothing(tmp_path, capsys):
     run = _training_run(tmp_path / "run")
     (run / "metrics.jsonl").unlink()
     (run / "seq").mkdir()  # neither a training run nor propagation results
-    code, _, err = _run(capsys, ["report", run])
+    code, _, err = run_cli(capsys, "report", run)
     assert code == 2 and "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == ["seq"]
 
@@ -353,8 +346,8 @@ def test_texture_failure_leaves_nothing(tmp_path, capsys):
     frames = _frame_folder(tmp_path / "frames")
     _truncate(frames / "00002.png")
     out = tmp_path / "fig"
-    code, _, err = _run(capsys, ["visualize", "texture", "--video", frames, "--encoder", "pixel",
-                                 "--device", "cpu", "--frames", "0,2", "--out", out])
+    code, _, err = run_cli(capsys, "visualize", "texture", "--video", frames, "--encoder", "pixel",
+                           "--device", "cpu", "--frames", "0,2", "--out", out)
     assert_one_line_error(code, err, "00002.png")
     assert not out.exists()
 
@@ -368,14 +361,14 @@ def test_provenance_paths_are_absolute_and_report_works_from_elsewhere(synthetic
     work.mkdir()
     shutil.copytree(synthetic_davis, tmp_path / "DAVIS")
     monkeypatch.chdir(work)
-    code, _, err = _run(capsys, ["propagate", "davis", "--root", "../DAVIS", "--encoder", "pixel",
-                                 "--device", "cpu", "--sequences", "synth00", "--out", "res",
-                                 "--quiet", "--evaluate"])
+    code, _, err = run_cli(capsys, "propagate", "davis", "--root", "../DAVIS", "--encoder", "pixel",
+                           "--device", "cpu", "--sequences", "synth00", "--out", "res",
+                           "--quiet", "--evaluate")
     assert code == 0, err
     prov = json.loads((work / "res" / "propagation.json").read_text())
     assert prov["davis_root"] == str((tmp_path / "DAVIS").resolve())
     monkeypatch.chdir("/")
-    code, out, err = _run(capsys, ["report", work / "res"])
+    code, out, err = run_cli(capsys, "report", work / "res")
     assert code == 0, err
     page = Path(out.strip()).read_text()
     assert "frames not found" not in page  # the masks are drawn over the frames, not black

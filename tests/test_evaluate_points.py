@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_one_line_error
-from timecycle.cli import main
+from helpers import assert_one_line_error, run_cli
 from timecycle.metrics.points import points_pck, read_ground_truth
 
 
 def _gt(path: Path, frames: list[dict], names=("a", "b")) -> Path:
     path.write_text(json.dumps({"names": list(names), "frames": frames}))
     return path
-
-
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # Frame 1: the visible points' box is 30 x 40 (sqrt(area) = 34.64); frame 2: b is invisible,
@@ -74,8 +67,8 @@ def test_mask_threshold_and_cli_files(tmp_path, capsys):
     pred[1] = [[10, 15], [40, 56]]  # 5 (= threshold, right) and 6 (wrong)
     pred[2, 0] = [29, 20]  # 9 < 10: right
     np.save(tmp_path / "tracks.npy", pred)
-    code, stdout, err = _run(capsys, "evaluate", "points", "--gt", str(tmp_path / "gt.json"), "--pred",
-                             str(tmp_path / "tracks.npy"), "--masks", str(masks), "--alpha", "0.5")
+    code, stdout, err = run_cli(capsys, "evaluate", "points", "--gt", str(tmp_path / "gt.json"), "--pred",
+                                str(tmp_path / "tracks.npy"), "--masks", str(masks), "--alpha", "0.5")
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "points_pck.csv")))
     assert [(r["point"], float(r["PCK"]), int(r["frames"])) for r in rows] == [
@@ -117,15 +110,15 @@ def test_bad_input_is_one_line(case, needles, tmp_path, capsys):
         (tmp_path / "gt.json").write_text("{not json")
     np.save(tmp_path / "tracks.npy", np.zeros((3, 3 if case == "shape" else 2, 2)))
     alpha = {"alpha": "-1", "alpha inf": "inf"}.get(case, "0.1")
-    code, _, err = _run(capsys, "evaluate", "points", "--gt", str(tmp_path / "gt.json"), "--pred",
-                        str(tmp_path / "tracks.npy"), "--alpha", alpha)
+    code, _, err = run_cli(capsys, "evaluate", "points", "--gt", str(tmp_path / "gt.json"), "--pred",
+                           str(tmp_path / "tracks.npy"), "--alpha", alpha)
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "points_pck.csv").exists()
 
 
 def _evaluate(capsys, tmp_path, *extra: str) -> tuple[int, str, str]:
-    return _run(capsys, "evaluate", "points", "--gt", str(tmp_path / "gt.json"), "--pred",
-                str(tmp_path / "tracks.npy"), *extra)
+    return run_cli(capsys, "evaluate", "points", "--gt", str(tmp_path / "gt.json"), "--pred",
+                   str(tmp_path / "tracks.npy"), *extra)
 
 
 SIX = [{"frame": t, "xy": [[10 + t, 10], [40, 50 + t]]} for t in range(6)]
@@ -178,7 +171,7 @@ def test_frames_whose_box_has_no_area_are_left_out_with_a_warning(tmp_path, caps
     code, stdout, err = _evaluate(capsys, tmp_path)
     assert code == 0, err
     assert "timecycle: warning:" in err and "gt.json" in err and "2 of 3 frames" in err
-    assert "1 frames" in stdout.splitlines()[-2] and "2 left out" in stdout
+    assert "1 frame, 2 left out" in stdout.splitlines()[-2]
     assert json.loads((tmp_path / "points_pck.json").read_text())["frames_left_out"] == [2, 3]
     # every frame without a scale: nothing to score, not a score of 0
     _gt(tmp_path / "gt.json", frames[:1] + frames[2:])

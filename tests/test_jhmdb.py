@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from timecycle.cli import main
 from timecycle.datasets.jhmdb import LIMBS, N_JOINTS, JhmdbRoot, read_joints, read_video_list
 from timecycle.errors import UserError
 from timecycle.propagation.keypoints import (
@@ -29,7 +28,7 @@ from timecycle.propagation.keypoints import (
 from timecycle.propagation.presets import JHMDB_CRW, JHMDB_TIMECYCLE, KEYPOINT_READOUTS
 from timecycle.propagation.video import FrameEncoder
 from timecycle.visualisation.skeleton import draw_skeleton, joint_colours
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 
 VIDEO = "catch/Goal_Keeping_Tips_catch_f_cm_np1_fr_med_2"
 
@@ -229,12 +228,6 @@ def test_missing_videos_are_listed_together(tmp_path):
 # ---------------------------------------------------------------- the real video
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _pck_csv(path: Path) -> dict[str, float]:
     return {r["alpha"]: float(r["PCK"]) for r in csv.DictReader(open(path))}
 
@@ -263,8 +256,8 @@ def jhmdb_root(shared_data) -> Path:
 
 def test_identity_on_the_real_video_matches_a_plain_computation(jhmdb_root, tmp_path, capsys):
     out = tmp_path / "identity"
-    code, stdout, err = _run(capsys, "propagate", "jhmdb", "--root", str(jhmdb_root), "--encoder", "identity",
-                             "--out", str(out), "--device", "cpu", "--quiet", "--evaluate")
+    code, stdout, err = run_cli(capsys, "propagate", "jhmdb", "--root", str(jhmdb_root), "--encoder", "identity",
+                                "--out", str(out), "--device", "cpu", "--quiet", "--evaluate")
     assert code == 0, err
     gt = read_joints(jhmdb_root / "joint_positions" / VIDEO / "joint_positions.mat")
     assert gt.shape == (40, N_JOINTS, 2)
@@ -284,8 +277,8 @@ def test_identity_on_the_real_video_matches_a_plain_computation(jhmdb_root, tmp_
 @pytest.mark.slow  # about 7 s alone, 20-40 s on shared cores
 def test_random_resnet18_tracks_the_real_video_better_than_identity(jhmdb_root, tmp_path, capsys):
     out = tmp_path / "r18"
-    code, _, err = _run(capsys, "propagate", "jhmdb", "--root", str(jhmdb_root), "--encoder", "resnet18",
-                        "--protocol", "crw", "--out", str(out), "--device", "cpu", "--quiet", "--evaluate")
+    code, _, err = run_cli(capsys, "propagate", "jhmdb", "--root", str(jhmdb_root), "--encoder", "resnet18",
+                           "--protocol", "crw", "--out", str(out), "--device", "cpu", "--quiet", "--evaluate")
     assert code == 0, err
     gt = read_joints(jhmdb_root / "joint_positions" / VIDEO / "joint_positions.mat")
     pred = np.load(out / f"{VIDEO}.npy")
@@ -320,27 +313,27 @@ def test_pixel_baseline_with_the_timecycle_preset(jhmdb_root):
 def test_cli_errors(tmp_path, capsys):
     root = _fake_root(tmp_path, ["catch/a", "run/b"])
     base = ("propagate", "jhmdb", "--root", str(root), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet")
-    assert_one_line_error(*_run(capsys, *base, "--encoder", "identity", "--videos", "catch/a,run/x,run/y")[::2],
+    assert_one_line_error(*run_cli(capsys, *base, "--encoder", "identity", "--videos", "catch/a,run/x,run/y")[::2],
                     "2 of 3", "run/x", "run/y")
-    assert_one_line_error(*_run(capsys, *base, "--protocol", "dino")[::2], "unknown protocol", "crw")
+    assert_one_line_error(*run_cli(capsys, *base, "--protocol", "dino")[::2], "unknown protocol", "crw")
     (root / "joint_positions" / "run" / "b" / "joint_positions.mat").write_bytes(b"garbage" * 30)
-    assert_one_line_error(*_run(capsys, *base, "--encoder", "pixel")[::2], "run/b/joint_positions.mat")
+    assert_one_line_error(*run_cli(capsys, *base, "--encoder", "pixel")[::2], "run/b/joint_positions.mat")
     assert not (tmp_path / "o" / "catch").exists()  # the .mat files are checked before any work
-    code, _, err = _run(capsys, "evaluate", "jhmdb", "--root", str(root), "--results", str(tmp_path / "none"),
-                        "--videos", "catch/a")
+    code, _, err = run_cli(capsys, "evaluate", "jhmdb", "--root", str(root), "--results", str(tmp_path / "none"),
+                           "--videos", "catch/a")
     assert_one_line_error(code, err, "results folder not found")
     frame = root / "Rename_Images" / "catch" / "a" / "00002.png"
     frame.write_bytes(frame.read_bytes()[:100])
-    assert_one_line_error(*_run(capsys, *base, "--encoder", "pixel", "--videos", "catch/a")[::2], "catch/a/00002.png")
+    assert_one_line_error(*run_cli(capsys, *base, "--encoder", "pixel", "--videos", "catch/a")[::2], "catch/a/00002.png")
     assert not (tmp_path / "o" / "catch" / "a.npy").exists() and not (tmp_path / "o" / "propagation.json").exists()
 
 
 def test_results_inside_the_inputs_are_refused(tmp_path, capsys):
     root = _fake_root(tmp_path, ["catch/a"])
     for inside in ("joint_positions", "Rename_Images/catch"):
-        assert_one_line_error(*_run(capsys, "propagate", "jhmdb", "--root", str(root), "--out",
-                                    str(root / inside), "--device", "cpu", "--quiet",
-                                    "--encoder", "identity")[::2], "input folder")
+        assert_one_line_error(*run_cli(capsys, "propagate", "jhmdb", "--root", str(root), "--out",
+                                       str(root / inside), "--device", "cpu", "--quiet",
+                                       "--encoder", "identity")[::2], "input folder")
     assert not (root / "Rename_Images" / "catch" / "catch").exists()
 
 
@@ -348,34 +341,36 @@ def test_new_propagation_removes_an_old_evaluation(tmp_path, capsys):
     root = _fake_root(tmp_path, ["catch/a"], n_frames=4)
     out = tmp_path / "o"
     args = ("propagate", "jhmdb", "--root", str(root), "--out", str(out), "--device", "cpu", "--quiet")
-    assert _run(capsys, *args, "--encoder", "pixel", "--evaluate")[0] == 0
+    code, stdout, _ = run_cli(capsys, *args, "--encoder", "pixel", "--evaluate")
+    assert code == 0 and "propagated 1 video, 4 frames in " in stdout  # "1 videos" before
+    assert "(1 video, 3 frames)" in stdout  # scored: the frames after frame 0
     assert (out / "pck.csv").is_file() and (out / "catch" / "a.npy").is_file()
     assert np.load(out / "catch" / "a.npy").shape == (4, N_JOINTS, 2)
-    assert _run(capsys, *args, "--encoder", "identity")[0] == 0
+    assert run_cli(capsys, *args, "--encoder", "identity")[0] == 0
     assert not (out / "pck.csv").exists() and (out / "propagation.json").is_file()
-    assert _run(capsys, "evaluate", "jhmdb", "--root", str(root), "--results", str(out))[0] == 0
+    assert run_cli(capsys, "evaluate", "jhmdb", "--root", str(root), "--results", str(out))[0] == 0
     assert (out / "pck_per_video.csv").is_file()
 
 
 def test_evaluate_takes_the_root_and_videos_it_was_propagated_with(tmp_path, capsys):
     root = _fake_root(tmp_path, ["catch/a", "catch/b"], n_frames=4)
     out = tmp_path / "o"
-    assert _run(capsys, "propagate", "jhmdb", "--root", str(root), "--videos", "catch/b",
-                "--out", str(out), "--device", "cpu", "--quiet", "--encoder", "pixel")[0] == 0
-    code, stdout, err = _run(capsys, "evaluate", "jhmdb", "--results", str(out))
-    assert code == 0 and "(1 videos" in stdout, err
+    assert run_cli(capsys, "propagate", "jhmdb", "--root", str(root), "--videos", "catch/b",
+                   "--out", str(out), "--device", "cpu", "--quiet", "--encoder", "pixel")[0] == 0
+    code, stdout, err = run_cli(capsys, "evaluate", "jhmdb", "--results", str(out))
+    assert code == 0 and "(1 video, " in stdout, err
     assert f"records: --root {root.resolve()}, --videos catch/b" in err
 
 
 def test_a_video_with_nothing_scored_is_named_not_printed_as_nan(tmp_path, capsys):
     root = _fake_root(tmp_path, ["catch/a", "catch/b"], n_frames=4)
     out = tmp_path / "o"
-    assert _run(capsys, "propagate", "jhmdb", "--root", str(root), "--out", str(out), "--device", "cpu",
-                "--quiet", "--encoder", "identity")[0] == 0
+    assert run_cli(capsys, "propagate", "jhmdb", "--root", str(root), "--out", str(out), "--device", "cpu",
+                   "--quiet", "--encoder", "identity")[0] == 0
     pred = np.load(out / "catch" / "b.npy")
     pred[1:] = np.nan  # no joint predicted after frame 0: nothing of this video is scored
     np.save(out / "catch" / "b.npy", pred)
-    code, stdout, err = _run(capsys, "evaluate", "jhmdb", "--results", str(out))
+    code, stdout, err = run_cli(capsys, "evaluate", "jhmdb", "--results", str(out))
     assert code == 0, err
     rows = {line.split()[0]: line for line in stdout.splitlines() if line.startswith("  ")}
     assert "no joint scored after frame 0" in rows["catch/b"] and "PCK@0.1" in rows["catch/a"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 from timecycle.cli import main
 from timecycle.track.inputs import FrameStream
 
@@ -74,12 +74,6 @@ def clip(tmp_path_factory) -> Path:
     Image.fromarray(masks[0], mode="L").save(root / "mask.png")
     _write_points(root / "points.csv", POINTS)
     return root
-
-
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +144,9 @@ def test_the_default_is_the_built_in_weights_where_installed(clip, tmp_path, cap
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(builtin, "FOLDER", Path(builtin.__file__).parent / "builtin")  # as shipped
-        code, _, err = _run(capsys, "track", str(clip / "frames"), "--mask",
-                            str(clip / "mask.png"), "--encoder", "resnet18", "--out",
-                            str(tmp_path / "out"), "--device", "cpu", "--quiet")
+        code, _, err = run_cli(capsys, "track", str(clip / "frames"), "--mask",
+                               str(clip / "mask.png"), "--encoder", "resnet18", "--out",
+                               str(tmp_path / "out"), "--device", "cpu", "--quiet")
     assert code == 0, err
     record = json.loads((tmp_path / "out" / "track.json").read_text())
     assert record["weights"]["builtin"] is True and record["weights"]["padding_mode"] == "reflect"
@@ -176,9 +170,9 @@ def test_page_record_and_overlay(tracked):
 
 def test_bf16_features_track_as_fp32_does(clip, tracked, tmp_path, capsys, one_thread):
     out = tmp_path / "bf16"
-    code, _, err = _run(capsys, "track", str(clip / "frames"), "--points",
-                        str(clip / "points.csv"), "--encoder", "resnet18", "--out", str(out),
-                        "--device", "cpu", "--precision", "bf16", "--quiet")
+    code, _, err = run_cli(capsys, "track", str(clip / "frames"), "--points",
+                           str(clip / "points.csv"), "--encoder", "resnet18", "--out", str(out),
+                           "--device", "cpu", "--precision", "bf16", "--quiet")
     assert code == 0, err
     assert json.loads((tracked / "track.json").read_text())["precision"] == "fp32"
     assert json.loads((out / "track.json").read_text())["precision"] == "bf16"
@@ -189,10 +183,10 @@ def test_bf16_features_track_as_fp32_does(clip, tracked, tmp_path, capsys, one_t
     assert np.linalg.norm(bf16 - truth, axis=-1).max() <= 8.0
     # pixel has no network: bf16 leaves it fp32, and says so
     for precision in ("fp32", "bf16"):
-        code, _, err = _run(capsys, "track", str(clip / "frames"), "--points",
-                            str(clip / "points.csv"), "--encoder", "pixel", "--out",
-                            str(tmp_path / precision), "--device", "cpu", "--precision",
-                            precision, "--quiet")
+        code, _, err = run_cli(capsys, "track", str(clip / "frames"), "--points",
+                               str(clip / "points.csv"), "--encoder", "pixel", "--out",
+                               str(tmp_path / precision), "--device", "cpu", "--precision",
+                               precision, "--quiet")
         assert code == 0, err
         record = json.loads((tmp_path / precision / "track.json").read_text())
         assert record["precision"] == "fp32" and not record["notes"]
@@ -210,8 +204,8 @@ def test_mp4_input_gives_every_frame(tmp_path, capsys, one_thread):
     assert np.abs(decoded[3].astype(int) - frames[3]).mean() < 8  # lossy, but the same pictures
     Image.fromarray(masks[0], mode="L").save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "track", str(tmp_path / "clip.mp4"), "--mask", str(tmp_path / "mask.png"),
-                             "--encoder", "pixel", "--out", str(out), "--quiet")
+    code, stdout, err = run_cli(capsys, "track", str(tmp_path / "clip.mp4"), "--mask", str(tmp_path / "mask.png"),
+                                "--encoder", "pixel", "--out", str(out), "--quiet")
     assert code == 0, err
     assert len(list((out / "masks").glob("*.png"))) == 6 and "tracked 6 frames" in stdout
     assert not (out / "tracks.npy").exists() and not (out / "flow.npy").exists()
@@ -232,11 +226,11 @@ def test_a_truncated_mkv_is_refused_not_shortened(tmp_path, capsys, one_thread):
         container.mux(stream.encode())
     Image.fromarray(masks[0], mode="L").save(tmp_path / "mask.png")
     argv = ["--mask", str(tmp_path / "mask.png"), "--encoder", "pixel", "--quiet"]
-    code, stdout, err = _run(capsys, "track", str(whole), *argv, "--out", str(tmp_path / "a"))
+    code, stdout, err = run_cli(capsys, "track", str(whole), *argv, "--out", str(tmp_path / "a"))
     assert code == 0 and "tracked 18 frames" in stdout, err
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
-    code, _, err = _run(capsys, "track", str(cut), *argv, "--out", str(tmp_path / "b"))
+    code, _, err = run_cli(capsys, "track", str(cut), *argv, "--out", str(tmp_path / "b"))
     assert_one_line_error(code, err, "cut.mkv", "of the 18 frames its header declares")
     assert not (tmp_path / "b").exists()
 
@@ -326,7 +320,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, clip, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["track", str(clip / "frames"), *[a.format(d=tmp_path) for a in extra], "--encoder",
             "pixel", "--out", str(out), "--quiet"]
-    code, _, err = _run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, *needles)
     assert not out.exists()
 
@@ -343,8 +337,8 @@ def test_empty_or_unreadable_video(kind, clip, tmp_path, capsys):
         video = tmp_path / "video.mkv"
         video.write_bytes(b"")
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "track", str(video), "--mask", str(clip / "mask.png"), "--encoder",
-                        "pixel", "--out", str(out), "--quiet")
+    code, _, err = run_cli(capsys, "track", str(video), "--mask", str(clip / "mask.png"), "--encoder",
+                           "pixel", "--out", str(out), "--quiet")
     assert_one_line_error(code, err, video.name)
     assert not out.exists()
 
@@ -356,9 +350,9 @@ def test_a_frame_broken_mid_video_leaves_an_existing_folder_as_it_was(clip, tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, _, err = _run(capsys, "track", str(frames), "--mask", str(clip / "mask.png"), "--points",
-                        str(clip / "points.csv"), "--flow", "--encoder", "pixel", "--out", str(out),
-                        "--quiet")
+    code, _, err = run_cli(capsys, "track", str(frames), "--mask", str(clip / "mask.png"), "--points",
+                           str(clip / "points.csv"), "--flow", "--encoder", "pixel", "--out", str(out),
+                           "--quiet")
     assert_one_line_error(code, err, f"{T - 2:05d}.png")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
@@ -426,9 +420,9 @@ def test_jhmdb_joints_as_points_match_propagate_jhmdb(shared_data, tmp_path, cap
     assert inside.sum() >= 10
     _write_points(tmp_path / "joints.csv", xy[inside], [f"j{j}" for j in np.flatnonzero(inside)])
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "track", str(frames), "--points", str(tmp_path / "joints.csv"),
-                        "--protocol", "jhmdb-crw", "--encoder", "resnet18", "--out", str(out),
-                        "--device", "cpu", "--quiet")
+    code, _, err = run_cli(capsys, "track", str(frames), "--points", str(tmp_path / "joints.csv"),
+                           "--protocol", "jhmdb-crw", "--encoder", "resnet18", "--out", str(out),
+                           "--device", "cpu", "--quiet")
     assert code == 0, err
     got = np.load(out / "tracks.npy")
     assert got.shape == (12, inside.sum(), 2)
@@ -438,9 +432,9 @@ def test_jhmdb_joints_as_points_match_propagate_jhmdb(shared_data, tmp_path, cap
 def test_a_vit_tracks_on_its_patch_grid(clip, tmp_path, capsys, one_thread):
     # DINO's ViT-S/16: the flow has a cell per 16-pixel patch, and points map through it.
     out = tmp_path / "vit"
-    code, _, err = _run(capsys, "track", str(clip / "frames"), "--mask", str(clip / "mask.png"),
-                        "--points", str(clip / "points.csv"), "--flow", "--encoder", "vit-s16",
-                        "--out", str(out), "--device", "cpu", "--quiet")
+    code, _, err = run_cli(capsys, "track", str(clip / "frames"), "--mask", str(clip / "mask.png"),
+                           "--points", str(clip / "points.csv"), "--flow", "--encoder", "vit-s16",
+                           "--out", str(out), "--device", "cpu", "--quiet")
     assert code == 0, err
     assert np.load(out / "flow.npy").shape == (T, 2, H // 16, W // 16)
     tracks = np.load(out / "tracks.npy")

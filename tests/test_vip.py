@@ -12,12 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from timecycle.cli import main
 from timecycle.datasets.io import read_mask, write_mask
 from timecycle.datasets.vip import N_CLASSES, VipRoot, write_vip_root
 from timecycle.errors import UserError
 from timecycle.propagation.presets import PROTOCOLS_BY_BENCHMARK, VIP_CRW
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +27,9 @@ def vip_root(tmp_path_factory) -> Path:
     return root
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _propagate(capsys, root: Path, out: Path, *extra: str) -> tuple[int, str, str]:
-    return _run(capsys, "propagate", "vip", "--root", str(root), "--out", str(out), "--device", "cpu",
-                "--quiet", *extra)
+    return run_cli(capsys, "propagate", "vip", "--root", str(root), "--out", str(out), "--device", "cpu",
+                   "--quiet", *extra)
 
 
 def _miou(out: Path) -> float:
@@ -129,15 +122,15 @@ def test_evaluate_rescores_after_a_change(vip_root, tmp_path, capsys):
     # Damage an unannotated frame: nothing changes. Damage an annotated one: the score drops.
     p1 = out / "videos000" / "000000000004.png"
     write_mask(p1, np.zeros_like(read_mask(p1)))
-    assert _run(capsys, "evaluate", "vip", "--root", str(vip_root), "--results", str(out))[0] == 0
+    assert run_cli(capsys, "evaluate", "vip", "--root", str(vip_root), "--results", str(out))[0] == 0
     assert _miou(out) == before
     p5 = out / "videos000" / "000000000006.png"
     write_mask(p5, np.zeros_like(read_mask(p5)))
-    assert _run(capsys, "evaluate", "vip", "--root", str(vip_root), "--results", str(out))[0] == 0
+    assert run_cli(capsys, "evaluate", "vip", "--root", str(vip_root), "--results", str(out))[0] == 0
     assert _miou(out) < before
     assert _propagate(capsys, vip_root, out, "--encoder", "identity", "--videos", "videos001")[0] == 0
     assert not (out / "miou.csv").exists()  # a new propagation drops the old evaluation
-    code, stdout, err = _run(capsys, "evaluate", "vip", "--results", str(out))  # as propagated
+    code, stdout, err = run_cli(capsys, "evaluate", "vip", "--results", str(out))  # as propagated
     assert code == 0 and "(1 videos" in stdout and "--videos videos001" in err, err
 
 
@@ -205,7 +198,7 @@ def test_nothing_after_frame_0_to_score_is_an_error(vip_root, tmp_path, capsys):
                           "nothing to score: no annotated frame after frame 0", "videos001")
     assert not out.exists()  # found before propagating
     assert _propagate(capsys, root, out, "--encoder", "identity")[0] == 0
-    assert_one_line_error(*_run(capsys, "evaluate", "vip", "--root", str(root), "--results", str(out))[::2],
+    assert_one_line_error(*run_cli(capsys, "evaluate", "vip", "--root", str(root), "--results", str(out))[::2],
                           "nothing to score: no annotated frame after frame 0", "2 videos")
     assert not (out / "miou.csv").exists() and not (out / "miou.json").exists()
 
@@ -217,7 +210,7 @@ def test_a_video_with_nothing_after_frame_0_is_named_in_a_warning(vip_root, tmp_
     assert _propagate(capsys, root, out, "--encoder", "identity", "--evaluate")[0] == 0
     both = json.loads((out / "miou.json").read_text())
     _only_frame_0_annotated(root, "videos000")
-    code, stdout, err = _run(capsys, "evaluate", "vip", "--root", str(root), "--results", str(out))
+    code, stdout, err = run_cli(capsys, "evaluate", "vip", "--root", str(root), "--results", str(out))
     assert code == 0, err
     warned = [ln for ln in err.splitlines() if "after frame 0" in ln]
     assert len(warned) == 1 and "videos000" in warned[0] and "videos001" not in warned[0], err

@@ -241,6 +241,13 @@ def start_propagation(args: argparse.Namespace, benchmark: str, protocol, datase
     return frame_encoder, provenance
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 video", "3 videos": a count with its noun in the right number (regular plurals)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def print_propagated(stats, count: int, unit: str, out: str) -> None:
-    print(f"propagated {count} {unit}, {stats.frames} frames in {stats.seconds:.1f} s "
+    """One summary line; `unit` is the singular noun of what was propagated ("video")."""
+    print(f"propagated {counted(count, unit)}, {counted(stats.frames, 'frame')} in "
+          f"{stats.seconds:.1f} s "
           f"({stats.frames_per_second:.2f} frames/s) -> {out}")

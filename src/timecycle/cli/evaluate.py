@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from timecycle.cli.common import add_davis_args, check_out_apart, davis_root, take_recorded
+from timecycle.cli.common import (
+    add_davis_args,
+    check_out_apart,
+    counted,
+    davis_root,
+    take_recorded,
+)
 
 
 def register(sub) -> None:
@@ -80,11 +86,11 @@ def run_points(args: argparse.Namespace) -> int:
     unseen = "never visible after frame 0" + (" in a frame scored" if result.left_out else "")
     for name, v in result.per_point.items():
         n = result.counts[name]
-        score = f"PCK@{args.alpha:g} {v:.4f} ({n} frames)" if n else f"not scored ({unseen})"
+        score = f"PCK@{args.alpha:g} {v:.4f} ({counted(n, 'frame')})" if n else f"not scored ({unseen})"
         print(f"  {name:<{width}}  {score}")
     scored = sum(1 for c in result.counts.values() if c)
     left_out = f", {len(result.left_out)} left out" if result.left_out else ""
-    print(f"PCK@{args.alpha:g} {result.mean:.4f} (mean of {scored} point{'s' * (scored != 1)}, "
-          f"{result.frames} frames{left_out}, threshold from the {result.normaliser})")
+    print(f"PCK@{args.alpha:g} {result.mean:.4f} (mean of {counted(scored, 'point')}, "
+          f"{counted(result.frames, 'frame')}{left_out}, threshold from the {result.normaliser})")
     print(f"results written to {paths[0]}")
     return 0

@@ -11,6 +11,7 @@ from timecycle.cli.common import (
     check_at_least,
     check_out_apart,
     check_tile,
+    counted,
     print_propagated,
     start_propagation,
     take_recorded,
@@ -55,7 +56,7 @@ def evaluate_and_print(root, results: str, names: list[str]) -> dict[float, floa
                 continue
             print(f"  {name:<{width}}  " + " ".join(f"PCK@{a:g} {p:.4f}" for a, p in v.items()))
     print(" ".join(f"PCK@{a:g} {p:.4f}" for a, p in result.pck.items())
-          + f"  ({len(names)} videos, {result.frames} frames)")
+          + f"  ({counted(len(names), 'video')}, {counted(result.frames, 'frame')})")
     print(f"results written to {results}/pck.csv")
     return result.pck
 
@@ -77,7 +78,7 @@ def run_propagate(args: argparse.Namespace) -> int:
             args, "jhmdb", protocol, {"jhmdb_root": str(root.root.resolve())})
         stats = propagate_jhmdb(root, names, args.out, frame_encoder, protocol, readout,
                                 provenance, args.batch_size, args.tile, progress=not args.quiet)
-        print_propagated(stats, len(names), "videos", args.out)
+        print_propagated(stats, len(names), "video", args.out)
     if args.evaluate:  # the predictions are whole now: a failed scoring leaves them
         with output_folder(args.out):  # and removes the score files it wrote
             evaluate_and_print(root, args.out, names)

@@ -48,7 +48,7 @@ def run_davis(args: argparse.Namespace) -> int:
                                       "annotations": recorded_annotations(root)})
         stats = propagate_davis(root, names, args.out, frame_encoder, protocol, provenance,
                                 args.batch_size, args.tile, progress=not args.quiet)
-        print_propagated(stats, len(names), "sequences", args.out)
+        print_propagated(stats, len(names), "sequence", args.out)
     if args.evaluate:  # the predictions are whole now: a failed scoring leaves them
         with output_folder(args.out):  # and removes the score files it wrote
             from timecycle.cli.evaluate import evaluate_and_print

@@ -6,7 +6,13 @@ import argparse
 import shlex
 import sys
 
-from timecycle.cli.common import add_encoder_args, add_precision_arg, check_at_least, check_tile
+from timecycle.cli.common import (
+    add_encoder_args,
+    add_precision_arg,
+    check_at_least,
+    check_tile,
+    counted,
+)
 from timecycle.datasets.outputs import output_folder
 from timecycle.propagation.windows import DEFAULT_TILE, MAX_TILE
 
@@ -97,6 +103,6 @@ def run(args: argparse.Namespace) -> int:
         result = track_video(args.video, args.out, frame_encoder,
                              protocol, readout, args.mask, args.points, args.flow, record,
                              args.batch_size, args.tile, progress=not args.quiet)
-    print(f"tracked {result['frames']} frames in {result['seconds']:.1f} s "
+    print(f"tracked {counted(result['frames'], 'frame')} in {result['seconds']:.1f} s "
           f"({result['frames_per_second']:.2f} frames/s) -> {args.out}/index.html")
     return 0

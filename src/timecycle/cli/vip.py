@@ -71,7 +71,7 @@ def run_propagate(args: argparse.Namespace) -> int:
             args, "vip", protocol, {"vip_root": str(root.root.resolve())})
         stats = propagate_vip(root, names, args.out, frame_encoder, protocol, provenance,
                               args.batch_size, args.tile, progress=not args.quiet)
-        print_propagated(stats, len(names), "videos", args.out)
+        print_propagated(stats, len(names), "video", args.out)
     if args.evaluate:  # the predictions are whole now: a failed scoring leaves them
         with output_folder(args.out):  # and removes the score files it wrote
             evaluate_and_print(root, args.out, names)

@@ -5,6 +5,9 @@ containers; `argparse.Namespace` is the one extra type allowed, because CRW stor
 command-line arguments in the checkpoint. Anything else is refused in one line, never loaded
 with unrestricted unpickling. `.safetensors` files hold tensors only. A file that is neither
 (JSON, a NumPy array, an empty file) is named as what it is.
+
+Also here: the wording both loaders (ResNet, weights.py; DINO ViT, vit_weights.py) use when a
+file does not fit its encoder or holds non-finite weights, so that the two say it alike.
 """
 
 from __future__ import annotations
@@ -24,6 +27,26 @@ from timecycle.errors import UserError, first_sentence
 # Extra types a weights-only load may build, beyond torch's defaults (tensors, dicts, lists,
 # OrderedDict, Counter, ...). CRW: 'args': argparse.Namespace (videowalk code/train.py).
 _SAFE_GLOBALS = [argparse.Namespace]
+_SHOW = 3  # keys listed per kind of problem in an error message
+
+
+def fit_problems(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """One phrase per kind of mismatch between a file and an encoder ("2 missing keys: a, b"),
+    naming the first few keys of each; empty when the file fits."""
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("wrong shapes (file vs encoder)", wrong)):
+        if items:
+            more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
+    return problems
+
+
+def check_finite(name: str, tensor: torch.Tensor, path: Path) -> None:
+    """A UserError naming the weight when a floating-point tensor holds NaN or inf."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise UserError(f"weight {name!r} holds NaN or infinite values (a diverged or corrupt "
+                        "checkpoint)", path)
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks (checkpoints can be hundreds of MB)."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from timecycle.encoder.checkpoint_io import check_finite, fit_problems
 from timecycle.encoder.vit import VIT_ARCHS, ViTEncoder
 from timecycle.errors import UserError
 
@@ -31,7 +32,6 @@ FORMAT = "dino"
 _MARKER = "patch_embed.proj.weight"
 _CHECKPOINT_KEY = "teacher"  # eval_video_segmentation.py --checkpoint_key default
 _WRAPPERS = ("module.", "backbone.")  # DDP, then MultiCropWrapper, stripped in this order
-_SHOW = 3
 
 
 def vit_state(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
@@ -88,18 +88,11 @@ def load_vit_state(encoder: ViTEncoder, obj: Any, path: Path) -> tuple[int, tupl
     unexpected = [source[k] for k in state if k not in expected and k not in head]
     wrong = [f"{source[k]} {tuple(state[k].shape)} vs {tuple(v.shape)}"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("wrong shapes (file vs encoder)", wrong)):
-        if items:
-            more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
+    problems = fit_problems(missing, unexpected, wrong)
     if problems:
         raise UserError(f"{FORMAT} checkpoint does not fit the {encoder.arch} encoder: "
                         + "; ".join(problems), path)
     for key in expected:
-        if not bool(torch.isfinite(state[key]).all()):
-            raise UserError(f"weight {source[key]!r} holds NaN or infinite values (a diverged "
-                            "or corrupt checkpoint)", path)
+        check_finite(source[key], state[key], path)
     encoder.load_state_dict({k: state[k] for k in expected}, strict=True)
     return len(expected), tuple(ignored)

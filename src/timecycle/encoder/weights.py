@@ -34,7 +34,12 @@ from typing import Any
 import torch
 
 from timecycle.encoder.builtin import BUILTIN, builtin_info, builtin_path, is_builtin
-from timecycle.encoder.checkpoint_io import file_sha256, read_checkpoint
+from timecycle.encoder.checkpoint_io import (
+    check_finite,
+    file_sha256,
+    fit_problems,
+    read_checkpoint,
+)
 from timecycle.encoder.resnet import ResNetEncoder
 from timecycle.encoder.vit import VIT_ARCHS, ViTEncoder
 from timecycle.encoder.vit_weights import FORMAT as VIT_FORMAT
@@ -46,7 +51,6 @@ FORMATS = ("native", "torchvision", "crw", "timecycle-official", VIT_FORMAT)
 # Keys of the encoder's own checkpoints for the TimeCycle head.
 _HEAD_KEY = "head.conv.weight"
 
-_SHOW = 3  # keys listed per kind of problem in an error message
 
 
 @dataclass(frozen=True)
@@ -133,9 +137,7 @@ def load_weights(encoder: ResNetEncoder, path: str | Path, drop_head: bool = Fal
     _check_fit(encoder, mapped, source, layout, path)  # first: a wrong architecture explains most
     _resolve_head(encoder, mapped, source, ignored, layout, path, drop_head)
     for key, tensor in mapped.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise UserError(f"weight {source.get(key, key)!r} holds NaN or infinite values "
-                            "(a diverged or corrupt checkpoint)", path)
+        check_finite(source.get(key, key), tensor, path)
         if key.endswith("running_var") and bool((tensor < 0).any()):
             # BatchNorm would take the square root of a negative variance: NaN features, and
             # every propagated mask empty with exit 0
@@ -304,17 +306,9 @@ def _check_fit(
         if k in expected and v.shape != expected[k].shape:
             name = k if source[k] == k else f"{source[k]} -> {k}"
             wrong.append(f"{name} {tuple(v.shape)} vs {tuple(expected[k].shape)}")
-    if not (missing or unexpected or wrong):
+    problems = fit_problems(missing, unexpected, wrong)
+    if not problems:
         return
-    problems = []
-    for label, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("wrong shapes (file vs encoder)", wrong),
-    ):
-        if items:
-            more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
     arch = _guess_arch(mapped)
     hint = f"; the file holds a {arch}" if arch is not None and arch != encoder.arch else ""
     raise UserError(
