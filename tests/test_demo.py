@@ -127,29 +127,34 @@ def test_demo_on_a_users_clip(tmp_path, capsys):
     assert str(weights.resolve()) in page and "trained for" not in page
 
 
-def test_estimate_counts_the_built_in_weights_where_they_are_installed(monkeypatch):
-    from timecycle import demo
+def test_estimate_counts_the_built_in_weights_when_they_run():
+    from timecycle.demo.config import DemoConfig
+    from timecycle.demo.estimate import estimate_seconds
 
-    with_builtin = demo.estimate_seconds(demo.DemoConfig(steps=10), step_s=1.0)
-    monkeypatch.setattr(demo, "_builtin", lambda: None)
-    without = demo.estimate_seconds(demo.DemoConfig(steps=10), step_s=1.0)
+    with_builtin = estimate_seconds(DemoConfig(steps=10), step_s=1.0, builtin=True)
+    without = estimate_seconds(DemoConfig(steps=10), step_s=1.0, builtin=False)
     assert with_builtin["propagate"] == 1.5 * without["propagate"]
     assert with_builtin["train"] == without["train"]
+    clip = {"frames": 50, "width": 854, "height": 480}
+    on_clip = estimate_seconds(DemoConfig(weights="w.pt"), step_s=1.0, builtin=True, clip=clip)
+    assert on_clip["propagate"] == 2 * estimate_seconds(
+        DemoConfig(weights="w.pt"), step_s=1.0, builtin=False, clip=clip)["propagate"]
 
 
 def test_estimate_counts_only_the_stages_that_run():
-    from timecycle.demo import DemoConfig, estimate_seconds
+    from timecycle.demo.config import DemoConfig
+    from timecycle.demo.estimate import estimate_seconds
 
-    synthetic = estimate_seconds(DemoConfig(steps=100), step_s=2.0)
+    synthetic = estimate_seconds(DemoConfig(steps=100), step_s=2.0, builtin=True)
     assert list(synthetic) == ["generate", "train", "propagate", "report"]
     assert synthetic["train"] > 100 * 2.0 * 0.99  # at least the steps themselves
     frames = {"frames": 50, "width": 854, "height": 480}
-    clip = estimate_seconds(DemoConfig(steps=100, weights="w.pt"), step_s=2.0, clip=frames)
+    clip = estimate_seconds(DemoConfig(steps=100, weights="w.pt"), step_s=2.0, builtin=True, clip=frames)
     assert list(clip) == ["propagate", "report"]
-    longer = estimate_seconds(DemoConfig(weights="w.pt"), step_s=2.0, clip={**frames, "frames": 500})
+    longer = estimate_seconds(DemoConfig(weights="w.pt"), step_s=2.0, builtin=True, clip={**frames, "frames": 500})
     assert longer["propagate"] > clip["propagate"]
     # A faster training precision (bf16) shortens training only: propagation runs in fp32.
-    bf16 = estimate_seconds(DemoConfig(steps=100), step_s=2.0, train_step_s=1.0)
+    bf16 = estimate_seconds(DemoConfig(steps=100), step_s=2.0, builtin=True, train_step_s=1.0)
     assert bf16["train"] == synthetic["train"] / 2
     assert {k: v for k, v in bf16.items() if k != "train"} == \
         {k: v for k, v in synthetic.items() if k != "train"}
