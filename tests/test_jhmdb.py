@@ -181,6 +181,9 @@ def _fake_root(tmp_path: Path, names: list[str], n_frames: int = 3) -> Path:
         ({"pos_img": np.zeros((2, 14, 3))}, "expected 2 x 15 x T"),
         ({"pos_img": np.zeros((15, 2, 3))}, "expected 2 x 15 x T"),
         ({"pos_img": np.full((2, 15, 3), np.nan)}, "non-finite"),
+        ({"pos_img": np.zeros((2, 15, 3))}, "all zeros in every frame"),
+        ({"pos_img": np.dstack([np.ones((2, 15, 1)), np.zeros((2, 15, 2))])},
+         "all zeros in frame 1 and 1 more"),
         ({"pos_img": np.array(["abc"])}, "not a numeric array"),
     ],
 )

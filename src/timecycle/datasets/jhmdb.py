@@ -57,6 +57,14 @@ def read_joints(path: str | Path) -> np.ndarray:
         raise UserError(f"'pos_img' has shape {pos.shape}; expected 2 x {N_JOINTS} x T", path)
     if not np.isfinite(pos).all():
         raise UserError("'pos_img' holds non-finite values", path)
+    # JHMDB's puppet annotation places every joint in every frame; zeros everywhere is an
+    # empty or corrupt file, which would otherwise score a silent PCK of 0 (each box empty).
+    frames = np.flatnonzero(~pos.any(axis=(0, 1)))
+    if len(frames):
+        which = "every frame" if len(frames) == pos.shape[2] else f"frame {int(frames[0])}" + (
+            f" and {len(frames) - 1} more" if len(frames) > 1 else "")
+        raise UserError(f"'pos_img' is all zeros in {which}: no joint positions (an empty or "
+                        "corrupt annotation)", path)
     return np.ascontiguousarray(pos.transpose(2, 1, 0), dtype=np.float64)
 
 
