@@ -111,6 +111,7 @@ def test_demo_on_a_users_clip(tmp_path, capsys):
     told = next(i for i, ln in enumerate(lines) if "on your clip for 2 steps" in ln)
     assert "--weights" in lines[told] and "about" in lines[told]
     assert told < next(i for i, ln in enumerate(lines) if "training the small preset" in ln)
+    assert "propagated 1 sequence, 20 frames in " in printed  # once per encoder, not "1 sequences"
     page = (out / "index.html").read_text()
     assert str(clip.resolve()) in page and "20 frames, 144x112" in page
     assert "<code>timecycle</code> propagation protocol" in page and "<code>crw</code>" not in page

@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+from timecycle.cli.common import print_propagated
 from timecycle.datasets.davis import DavisRoot
 from timecycle.datasets.io import write_json_atomic
 from timecycle.datasets.outputs import output_folder
@@ -79,8 +80,7 @@ def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, en
                       "davis_root": str(root.root.resolve()), "year": root.year,
                       "environment": environment(device)}
         stats = propagate_davis(root, names, out, frame_encoder, protocol, provenance)
-        print(f"propagated {len(names)} sequences, {stats.frames} frames in {stats.seconds:.1f} s "
-              f"({stats.frames_per_second:.2f} frames/s) -> {out}")
+        print_propagated(stats, len(names), "sequence", str(out))  # as `propagate davis` says it
         if not evaluate:
             return None
         global_row, _, seq_means = evaluate_davis(root, out, names)
