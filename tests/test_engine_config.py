@@ -47,6 +47,15 @@ def test_small_reflect_preset_is_the_command_that_learned(data, tmp_path):
     assert check_resumable(preset, replace(preset, steps=500)) == ["steps"]
 
 
+def test_small_reflect_long_is_the_quarter_rate_command_of_two_seeds(data, tmp_path):
+    # The README's two 1000-step runs at --lr 5e-5, as a name.
+    measured = cli_config(data, tmp_path, "--lr", "5e-5", "--steps", "1000", "--save-every", "250",
+                          preset="small-reflect")
+    preset = cli_config(data, tmp_path, preset="small-reflect-long")
+    assert replace(preset, preset="small-reflect") == measured
+    assert (preset.lr, preset.steps, preset.padding, preset.loss) == (5e-5, 1000, "reflect", "code")
+
+
 def test_overrides_layer_on_the_preset_and_round_trip():
     c = make_config("small", lr=1e-3, epochs=2.0, fps=None)
     assert (c.lr, c.steps, c.epochs, c.fps, c.arch) == (1e-3, None, 2.0, None, "resnet18")

@@ -61,7 +61,8 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=PRESETS,
                    help="full (the paper, default), small (CPU), small-reflect (CPU: the "
                         "public code's loss, reflect padding, 250 steps; the TimeCycle recipe "
-                        "that beat its random network here), crw (videowalk's README), "
+                        "that beat its random network here), small-reflect-long (the same at lr "
+                        "5e-5 for 1000 steps), crw (videowalk's README), "
                         "crw-small (CPU)")
     p.add_argument("--objective", choices=OBJECTIVES,
                    help="timecycle: TimeCycle's cycles (default); crw: the contrastive random "
