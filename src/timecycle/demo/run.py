@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from timecycle.cli.common import print_propagated
+from timecycle.cli.evaluate import evaluate_and_print
 from timecycle.datasets.davis import DavisRoot
 from timecycle.datasets.io import write_json_atomic
 from timecycle.datasets.outputs import output_folder
@@ -66,7 +67,6 @@ def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, en
     """Propagate (and score) the DAVIS-layout `root` into `out` with the library functions
     that `timecycle propagate davis [--evaluate]` calls, printing the same lines."""
     from timecycle.engine.runtime import environment, resolve_device
-    from timecycle.metrics.davis_eval import evaluate_davis
     from timecycle.propagation.davis import propagate_davis
     from timecycle.propagation.protocols import get_protocol
     from timecycle.propagation.video import FrameEncoder
@@ -83,12 +83,7 @@ def _propagate(cfg: DemoConfig, root: DavisRoot, names: list[str], out: Path, en
         print_propagated(stats, len(names), "sequence", str(out))  # as `propagate davis` says it
         if not evaluate:
             return None
-        global_row, _, seq_means = evaluate_davis(root, out, names)
-    width = max(len(n) for n in seq_means)
-    for name, jf in seq_means.items():
-        print(f"  {name:<{width}}  J&F {jf:.4f}")
-    print(" ".join(f"{k} {v:.4f}" for k, v in global_row.items()))
-    print(f"results written to {out}/global_results-val.csv")
+        global_row = evaluate_and_print(root, str(out), names)  # as `propagate --evaluate` does
     return float(global_row["J&F-Mean"])
 
 

@@ -48,6 +48,7 @@ def check_finite(name: str, tensor: torch.Tensor, path: Path) -> None:
         raise UserError(f"weight {name!r} holds NaN or infinite values (a diverged or corrupt "
                         "checkpoint)", path)
 
+
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks (checkpoints can be hundreds of MB)."""
     digest = hashlib.sha256()

@@ -52,7 +52,6 @@ FORMATS = ("native", "torchvision", "crw", "timecycle-official", VIT_FORMAT)
 _HEAD_KEY = "head.conv.weight"
 
 
-
 @dataclass(frozen=True)
 class WeightsInfo:
     """What `load_weights` loaded, for provenance (written beside every run)."""
