@@ -147,6 +147,45 @@ def _timecycle_checkpoint(src: nn.Module) -> dict:
     return {"epoch": 15, "state_dict": state}
 
 
+def _dino_checkpoint(teacher: nn.Module, student: nn.Module) -> dict:
+    """facebookresearch/dino main_dino.py for a torchvision ResNet: {'student', 'teacher',
+    'optimizer', 'epoch', 'args', 'dino_loss', 'fp16_scaler'}. Each network is
+    MultiCropWrapper(backbone with fc = Identity, DINOHead) inside DDP (a ResNet has BatchNorm,
+    so the teacher is wrapped too): `module.backbone.*` (layer4 kept) and `module.head.*`."""
+
+    def wrapped(enc: nn.Module) -> dict:
+        backbone = {**_resnet_names(enc.state_dict()), **_tail(enc.arch, fc=False)}
+        state = {"module.backbone." + k: v for k, v in backbone.items()}
+        state["module.head.mlp.0.weight"] = torch.zeros(2048, 512)
+        state["module.head.last_layer.weight_g"] = torch.ones(65536, 1)
+        return state
+
+    args = argparse.Namespace(arch=teacher.arch, out_dim=65536, momentum_teacher=0.996,
+                              use_bn_in_head=True, output_dir="./dino_rn")
+    return {"student": wrapped(student), "teacher": wrapped(teacher), "optimizer": _adam_state(),
+            "epoch": 100, "args": args, "dino_loss": {"center": torch.zeros(1, 65536)},
+            "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0}}
+
+
+def test_dino_resnet_checkpoint_takes_the_teacher_backbone(tmp_path):
+    teacher, student = _source(seed=1), _source(seed=3)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(_dino_checkpoint(teacher, student), path)
+    info = _assert_loaded(_encoder(seed=2), teacher, path)
+    assert info.format == "dino" and info.padding_mode == "zeros"
+    assert info.tensors == len(teacher.state_dict())
+    assert {"module.head.mlp.0.weight", "module.backbone.layer4.0.conv1.weight"} <= set(info.ignored)
+    assert not any(key.startswith("module.backbone.layer3") for key in info.ignored)
+
+
+def test_dino_released_resnet_backbone_is_a_torchvision_state_dict(tmp_path):
+    # dino_resnet50_pretrain.pth: the teacher backbone alone, fc an Identity (no fc keys)
+    src = _source()
+    path = tmp_path / "dino_resnet_pretrain.pth"
+    torch.save({**_resnet_names(src.state_dict()), **_tail("resnet18", fc=False)}, path)
+    assert _assert_loaded(_encoder(seed=2), src, path).format == "torchvision"
+
+
 def test_torchvision_state_dict(tmp_path):
     src = _source()
     path = tmp_path / "resnet18.pth"

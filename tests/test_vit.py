@@ -107,8 +107,13 @@ def test_wrong_vit_and_wrong_family_are_named(tmp_path):
         load_encoder("resnet18", path)
     resnet = tmp_path / "r18.pth"
     torch.save(build_encoder("resnet18").state_dict(), resnet)
-    with pytest.raises(UserError, match="not a DINO ViT checkpoint"):
+    with pytest.raises(UserError, match=r"holds a ResNet \(resnet18, native layout\), not "
+                                        r"vit-s16's ViT: use --encoder resnet18"):
         load_encoder("vit-s16", resnet)
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(UserError, match="not a DINO ViT checkpoint"):
+        load_encoder("vit-s16", other)
 
 
 def test_a_backbone_with_missing_blocks_or_nan_is_refused_not_half_loaded(tmp_path):

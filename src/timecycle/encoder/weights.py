@@ -1,7 +1,7 @@
 """Load trained weights into an encoder from the checkpoints users bring (SPEC 2).
 
 A `ViTEncoder` takes DINO's ViT checkpoints (format "dino", encoder/vit_weights.py). For a
-`ResNetEncoder`, four layouts are recognised from their keys (a DataParallel `module.` prefix is dropped first):
+`ResNetEncoder`, five layouts are recognised from their keys (a DataParallel `module.` prefix is dropped first):
 
 - "native": this library's own files. A bare `ResNetEncoder.state_dict()` (`stem.0.weight`,
   `layer1.*`, `head.conv.weight`) or a training checkpoint `{'model': ..., 'step', 'config'}`
@@ -14,6 +14,12 @@ A `ViTEncoder` takes DINO's ViT checkpoints (format "dino", encoder/vit_weights.
   (xiaolonw/TimeCycle train_video_cycle_simple.py): the inflated 3-D ResNet-50 under
   `module.encoderVideo.` with 5-D convolutions of time size 1 (models/videos/inflated_resnet.py)
   and the head `module.afterconv1.weight` (512, 1024, 1, 1, 1) (models/videos/model_simple.py).
+- "dino": a DINO training checkpoint of a torchvision ResNet (`checkpoint.pth`, the
+  `dino_resnet50_pretrain_full_checkpoint.pth` release; facebookresearch/dino main_dino.py):
+  the backbone is taken from "teacher" (the --checkpoint_key default of DINO's evaluation
+  scripts), under `module.backbone.` (DDP around the MultiCropWrapper, whose fc is an Identity);
+  the projection head `head.*` and the student are ignored. DINO's released ResNet-50 backbone
+  (`dino_resnet50_pretrain.pth`) is a torchvision state dict without fc: "torchvision".
 
 layer4 and fc are ignored everywhere: the encoder stops after layer3. Every other key under the
 encoder's prefix must match the encoder exactly (names and shapes); BatchNorm
@@ -78,9 +84,13 @@ _LAYOUTS = (
     _Layout("native", "", "stem.1.weight"),
     _Layout("crw", "encoder.model.", "bn1.weight"),
     _Layout("timecycle-official", "encoderVideo.", "bn1.weight", head="afterconv1.weight"),
+    _Layout("dino", "backbone.", "bn1.weight"),
     _Layout("torchvision", "", "bn1.weight"),
 )
 
+# Where DINO's checkpoints keep the backbone evaluated (eval_video_segmentation.py and the
+# other evaluation scripts: --checkpoint_key teacher).
+_DINO_KEY = "teacher"
 # torchvision stem names -> ResNetEncoder.stem = Sequential(conv1, bn1, relu, maxpool).
 _STEM = {"conv1.": "stem.0.", "bn1.": "stem.1."}
 # Parts of a ResNet the encoder does not have (SPEC 2: cut after layer3).
@@ -159,9 +169,24 @@ def _load_vit(encoder: ViTEncoder, path: str | Path) -> WeightsInfo:
         raise UserError(f"--weights builtin is a resnet18; {encoder.arch} takes DINO's ViT "
                         "checkpoints", BUILTIN)
     path = Path(path)
-    tensors, ignored = load_vit_state(encoder, read_checkpoint(path), path)
+    checkpoint = read_checkpoint(path)
+    if vit_state(checkpoint) is None:
+        _refuse_resnet_for_vit(checkpoint, encoder.arch, path)
+    tensors, ignored = load_vit_state(encoder, checkpoint, path)
     return WeightsInfo(path=path, format=VIT_FORMAT, sha256=file_sha256(path), tensors=tensors,
                        ignored=ignored)
+
+
+def _refuse_resnet_for_vit(checkpoint: Any, arch: str, path: Path) -> None:
+    """A UserError naming the ResNet a file holds when it was given to a ViT encoder; nothing
+    when it holds none (load_vit_state then says what a ViT file looks like)."""
+    try:
+        state, layout, original = _find_state_dict(checkpoint, path)
+    except UserError:
+        return
+    held = _guess_arch(_map_keys(state, layout, original)[0])
+    raise UserError(f"holds a ResNet ({held or 'of an unknown depth'}, {layout.format} layout), "
+                    f"not {arch}'s ViT: use --encoder {held or 'resnet18|resnet50'}", path)
 
 
 def _padding_mode(checkpoint: Any, layout: _Layout) -> str:
@@ -184,14 +209,15 @@ def _find_state_dict(
 ) -> tuple[dict[str, torch.Tensor], _Layout, dict[str, str]]:
     """The tensors of the state dict inside `obj`, its layout, and each key's original spelling.
 
-    Tries obj['state_dict'] (TimeCycle), obj['model'] (CRW, native) and obj itself (bare).
+    Tries obj['state_dict'] (TimeCycle), obj['model'] (CRW, native), obj['teacher'] (DINO) and
+    obj itself (bare).
     Returned keys have a leading DataParallel `module.` removed; the third value maps them back.
     """
     if not isinstance(obj, Mapping):
         raise UserError(
             f"holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary", path
         )
-    candidates = [obj.get("state_dict"), obj.get("model"), obj]
+    candidates = [obj.get("state_dict"), obj.get("model"), obj.get(_DINO_KEY), obj]
     for candidate in candidates:
         if not isinstance(candidate, Mapping):
             continue
@@ -210,7 +236,8 @@ def _find_state_dict(
     raise UserError(
         "not a recognised encoder checkpoint: no ResNet stem found (looked for "
         "stem.* | encoder.stem.* (native), conv1/bn1 (torchvision), encoder.model.* (CRW), "
-        f"encoderVideo.* (TimeCycle official)); top-level keys: {keys}",
+        f"encoderVideo.* (TimeCycle official), teacher: backbone.* (DINO)); top-level keys: "
+        f"{keys}",
         path,
     )
 
