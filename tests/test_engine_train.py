@@ -130,8 +130,8 @@ def test_fused_adam_resumes_the_state_of_a_plain_adam():
     twin.load_state_dict(model.state_dict())
     plain_twin = torch.optim.Adam(twin.parameters(), lr=config.lr, betas=config.betas)
     plain_twin.load_state_dict(copy.deepcopy(plain.state_dict()))
-    for opt, params in ((fused, model.parameters()), (plain_twin, twin.parameters())):
-        for p, g in zip(params, grads):
+    for opt, weights in ((fused, model.parameters()), (plain_twin, twin.parameters())):
+        for p, g in zip(weights, grads):
             p.grad = g.clone()
         opt.step()
     for a, b in zip(model.parameters(), twin.parameters()):
