@@ -22,8 +22,9 @@ Writes DIR/gpu.json (every figure, every skip with its reason, every error) and 
   encoder's forward+backward alone; every run is profiled (GPU busy share, operator tables
   in DIR/profiles.txt). And `timecycle train --preset full` itself, at its default and with
   CUDA graphs (gpu_sections.TRAIN_RUNS gives the order, --train-runs another).
-- learning: short runs of the `small` (TimeCycle) and `crw-small` (CRW) presets on the frame
-  folders, scored on a DAVIS proxy during training, J&F before and after.
+- learning: short runs of the `small-reflect-long` (TimeCycle) and `crw-small` (CRW) presets
+  on the frame folders, up to their 1000 steps, scored on a DAVIS proxy during training, J&F
+  before and after.
 
 Budgets: the sections get `--seconds` (default 440) in the proportions of BUDGET; time a
 section leaves unused goes to the next. A section stops its measurements at its budget and

@@ -86,6 +86,8 @@ def test_gpu_bench_smoke_writes_four_sections_with_numbers(tmp_path):
 
     learn = {r["objective"]: r for r in report["learning"]["runs"]}
     assert set(learn) == {"timecycle", "crw"}
+    # the TimeCycle recipe that learns on the CPU, not the plain `small`
+    assert learn["timecycle"]["preset"] == "small-reflect-long"
     for r in learn.values():
         assert r["steps"] == 2 and 0 <= r["jf_before"] <= 1 and 0 <= r["jf_after"] <= 1
         assert [c["step"] for c in r["curve"]] == [1, 2]
