@@ -20,7 +20,8 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
                         "ViTs (small or base, patch 16 or 8) (default: resnet18)")
     p.add_argument("--weights", help="checkpoint: torchvision ResNet, CRW, TimeCycle, a "
                                      ".safetensors file, a timecycle run's last.pt, 'builtin' "
-                                     "(the package's own, resnet18), or DINO's (vit-*)")
+                                     "(the package's own, resnet18), or DINO's (its ViTs for "
+                                     "vit-*, its ResNet-50 for resnet50)")
     p.add_argument("--head", choices=("auto", "yes", "no"), default="auto",
                    help="TimeCycle 1x1 head on the encoder; auto (default): the checkpoint's "
                         "head under the timecycle protocol, layer3 under crw and dino, as "
