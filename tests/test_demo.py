@@ -142,6 +142,28 @@ def test_estimate_counts_the_built_in_weights_when_they_run():
         DemoConfig(weights="w.pt"), step_s=1.0, builtin=False, clip=clip)["propagate"]
 
 
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_demo_estimates_with_the_built_in_weights_it_will_run(tmp_path, monkeypatch,
+                                                                   installed):
+    # The wiring between run.py and estimate_seconds: the built-in stage is counted exactly
+    # when this install has built-in weights (the case above checks what it then adds).
+    from timecycle.demo import run
+    from timecycle.demo.config import DemoConfig
+
+    class Estimated(Exception):
+        pass
+
+    def estimate(cfg, step_s, *, builtin, clip=None, train_step_s=None):
+        raise Estimated(builtin)
+
+    monkeypatch.setattr(run, "probe_step_seconds", lambda cfg: (1.0, 1.0))
+    monkeypatch.setattr(run, "_builtin", lambda: {"arch": "resnet18"} if installed else None)
+    monkeypatch.setattr(run, "estimate_seconds", estimate)
+    with pytest.raises(Estimated) as got:
+        run._run_demo(DemoConfig(out=str(tmp_path)), tmp_path)
+    assert got.value.args == (installed,)
+
+
 def test_estimate_counts_only_the_stages_that_run():
     from timecycle.demo.config import DemoConfig
     from timecycle.demo.estimate import estimate_seconds
