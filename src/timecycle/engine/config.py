@@ -320,8 +320,8 @@ PRESETS["small-reflect"] = replace(PRESETS["small"], preset="small-reflect", los
 
 # The same recipe for a 4x longer budget: at the public code's 2e-4 (set for batch 32, here at
 # batch 8) the gain fades by step 1000 (seed 1: 0.4211 at full size), at a quarter of it it
-# holds: step 1000 scored 0.4945 (seed 1) and 0.5095 (seed 2) at full size, +0.087 and +0.136
-# over their random networks (README, "Training that learns"). Saves every 250 steps.
+# holds: step 1000 scored 0.5153, 0.4945 and 0.5095 (seeds 0-2) at full size, +0.112, +0.087
+# and +0.136 over their random networks (README, "Training that learns"). Saves every 250 steps.
 PRESETS["small-reflect-long"] = replace(PRESETS["small-reflect"], preset="small-reflect-long",
                                         lr=5e-5, steps=1000, save_every=250)
 
