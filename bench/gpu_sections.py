@@ -518,8 +518,8 @@ def learning(p: dict, rec: Record) -> None:
     runs = Path(tempfile.mkdtemp(prefix="gpu-learning-"))  # checkpoints stay off DIR
     rec.set(device=str(device), data=p["videos"], proxy=str(proxy.label), runs=[],
             note="J&F before: the run's initial weights (same seed); after: its last.pt")
-    # The TimeCycle recipe that learns on the CPU (README, "Training that learns": +0.09 and
-    # +0.14 J&F over the random network at its 1000 steps, two seeds), and CRW's small one.
+    # The TimeCycle recipe that learns on the CPU (README, "Training that learns": +0.09 to
+    # +0.14 J&F over the random network at its 1000 steps, three seeds), and CRW's small one.
     objectives = [("timecycle", "small-reflect-long", p["small_override"]),
                   ("crw", "crw-small", p["crw_override"])]
     try:
