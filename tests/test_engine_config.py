@@ -47,8 +47,8 @@ def test_small_reflect_preset_is_the_command_that_learned(data, tmp_path):
     assert check_resumable(preset, replace(preset, steps=500)) == ["steps"]
 
 
-def test_small_reflect_long_is_the_quarter_rate_command_of_two_seeds(data, tmp_path):
-    # The README's two 1000-step runs at --lr 5e-5, as a name.
+def test_small_reflect_long_is_the_quarter_rate_command_of_the_seeds(data, tmp_path):
+    # The README's 1000-step runs at --lr 5e-5 (three seeds), as a name.
     measured = cli_config(data, tmp_path, "--lr", "5e-5", "--steps", "1000", "--save-every", "250",
                           preset="small-reflect")
     preset = cli_config(data, tmp_path, preset="small-reflect-long")

@@ -30,7 +30,7 @@ from timecycle.errors import UserError
 FORMAT = "dino"
 # A key only a ViT backbone has, and the one that gives its width and patch size.
 _MARKER = "patch_embed.proj.weight"
-_CHECKPOINT_KEY = "teacher"  # eval_video_segmentation.py --checkpoint_key default
+CHECKPOINT_KEY = "teacher"  # eval_video_segmentation.py --checkpoint_key default
 _WRAPPERS = ("module.", "backbone.")  # DDP, then MultiCropWrapper, stripped in this order
 
 
@@ -39,7 +39,7 @@ def vit_state(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None
     no ViT backbone."""
     if not isinstance(obj, Mapping):
         return None
-    inner = obj.get(_CHECKPOINT_KEY)
+    inner = obj.get(CHECKPOINT_KEY)
     for candidate in (inner, obj) if isinstance(inner, Mapping) else (obj,):
         state: dict[str, torch.Tensor] = {}
         source: dict[str, str] = {}
@@ -74,7 +74,7 @@ def load_vit_state(encoder: ViTEncoder, obj: Any, path: Path) -> tuple[int, tupl
     found = vit_state(obj)
     if found is None:
         raise UserError(f"not a DINO ViT checkpoint (no {_MARKER} with pos_embed, at the top "
-                        f"or under '{_CHECKPOINT_KEY}'): --encoder {encoder.arch} takes DINO's "
+                        f"or under '{CHECKPOINT_KEY}'): --encoder {encoder.arch} takes DINO's "
                         "ViT weights", path)
     state, source = found
     held = vit_arch_of(state)

@@ -48,6 +48,7 @@ from timecycle.encoder.checkpoint_io import (
 )
 from timecycle.encoder.resnet import ResNetEncoder
 from timecycle.encoder.vit import VIT_ARCHS, ViTEncoder
+from timecycle.encoder.vit_weights import CHECKPOINT_KEY as DINO_CHECKPOINT_KEY
 from timecycle.encoder.vit_weights import FORMAT as VIT_FORMAT
 from timecycle.encoder.vit_weights import load_vit_state, vit_arch_of, vit_state
 from timecycle.errors import UserError
@@ -88,9 +89,6 @@ _LAYOUTS = (
     _Layout("torchvision", "", "bn1.weight"),
 )
 
-# Where DINO's checkpoints keep the backbone evaluated (eval_video_segmentation.py and the
-# other evaluation scripts: --checkpoint_key teacher).
-_DINO_KEY = "teacher"
 # torchvision stem names -> ResNetEncoder.stem = Sequential(conv1, bn1, relu, maxpool).
 _STEM = {"conv1.": "stem.0.", "bn1.": "stem.1."}
 # Parts of a ResNet the encoder does not have (SPEC 2: cut after layer3).
@@ -217,7 +215,7 @@ def _find_state_dict(
         raise UserError(
             f"holds a {type(obj).__name__}, not a state dict or a checkpoint dictionary", path
         )
-    candidates = [obj.get("state_dict"), obj.get("model"), obj.get(_DINO_KEY), obj]
+    candidates = [obj.get("state_dict"), obj.get("model"), obj.get(DINO_CHECKPOINT_KEY), obj]
     for candidate in candidates:
         if not isinstance(candidate, Mapping):
             continue
